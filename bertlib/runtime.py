@@ -1,0 +1,158 @@
+"""Import OneFlow quietly and answer "which device, which rank" questions.
+
+OneFlow 0.9.0 is the newest release with a compiled core, and it is a demanding guest:
+
+* its core links against cuBLAS 11 and cuDNN 8 even on a CPU-only machine. pip installs them as the
+  ``nvidia-cublas-cu11`` / ``nvidia-cudnn-cu11`` wheels; inside one venv the core finds them through
+  its RPATH, but when they live in another site-packages the plain import fails with
+  ``libcudnn_cnn_infer.so.8: cannot open shared object file``. We then preload them by absolute path
+  (``RTLD_GLOBAL``) and import again.
+* at import it prints ``libibverbs not available`` from C (a printf on fd 2 that ``sys.stderr``
+  redirection cannot catch) and glog warnings. We silence fd 2 around the import and replay what was
+  written there only if the import fails, so errors are never hidden.
+* in a multi-process launch, ranks > 0 that import too early dial rank 0's control server before it
+  listens and lose ~10 s; a one second head start for rank 0 avoids it.
+
+Everything in bertlib gets OneFlow through :func:`import_oneflow` (or the module-level ``flow`` of
+:mod:`bertlib.model`), never with a bare ``import oneflow`` at the top of a module.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+import tempfile
+import time
+
+_FLOW = None
+
+# Order matters: cuDNN's libraries depend on cuBLAS's.
+_CUDA_LIBS = (
+    ("cublas", "libcublasLt.so.11"),
+    ("cublas", "libcublas.so.11"),
+    ("cudnn", "libcudnn_ops_infer.so.8"),
+    ("cudnn", "libcudnn_ops_train.so.8"),
+    ("cudnn", "libcudnn_cnn_infer.so.8"),
+    ("cudnn", "libcudnn_cnn_train.so.8"),
+)
+
+
+def _preload_cuda_libraries() -> list[str]:
+    """Load the nvidia-* wheels' shared libraries from any ``sys.path`` entry; return what was loaded."""
+    loaded = []
+    for sub, name in _CUDA_LIBS:
+        for root in sys.path:
+            hits = glob.glob(os.path.join(root or ".", "nvidia", sub, "lib", name))
+            if hits:
+                ctypes.CDLL(hits[0], mode=ctypes.RTLD_GLOBAL)
+                loaded.append(hits[0])
+                break
+    return loaded
+
+
+def _import_with_fd2_silenced():
+    """``import oneflow`` with file descriptor 2 sent to a temp file; re-raise with its text on failure."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import oneflow  # noqa: F401  (the import is the point)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - re-raised below with the captured text
+            error = exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if error is not None:
+            sink.seek(0)
+            captured = sink.read().decode("utf-8", "replace").strip()
+            if captured:
+                error.args = (f"{error}\n--- OneFlow wrote while importing ---\n{captured}",)
+            raise error
+    return sys.modules["oneflow"]
+
+
+def import_oneflow():
+    """Return the ``oneflow`` module, importing it once, quietly, with the CUDA libraries found.
+
+    Raises ImportError with instructions when OneFlow is missing or is the 0.7.0 stub that pip picks
+    on Python >= 3.11.
+    """
+    global _FLOW
+    if _FLOW is not None:
+        return _FLOW
+    if "oneflow" in sys.modules and hasattr(sys.modules["oneflow"], "Tensor"):
+        _FLOW = sys.modules["oneflow"]
+        return _FLOW
+    # glog's INFO/WARNING lines are noise for users; errors still show.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    # Without a GPU, OneFlow's VM worker threads spin on idle cores: 10x the system time, same speed.
+    if not os.path.exists("/dev/nvidia0"):
+        os.environ.setdefault("ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD", "0")
+    if int(os.environ.get("RANK", "0")) > 0:
+        time.sleep(1.0)  # let rank 0 start its control server first (see module docstring)
+    try:
+        flow = _import_with_fd2_silenced()
+    except OSError as exc:
+        if "cannot open shared object file" not in str(exc):
+            raise
+        for name in [m for m in sys.modules if m == "oneflow" or m.startswith("oneflow.")]:
+            del sys.modules[name]
+        if not _preload_cuda_libraries():
+            raise ImportError(
+                f"OneFlow could not load its CUDA libraries ({exc}). Install them with "
+                "`pip install nvidia-cublas-cu11==11.10.3.66 nvidia-cudnn-cu11==8.5.0.96` "
+                "(they are needed even on machines without a GPU)."
+            ) from exc
+        flow = _import_with_fd2_silenced()
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            "OneFlow is not installed. bertlib needs `oneflow==0.9.0` on Python 3.10 "
+            "(see README: `make install` or `pip install -e .`)."
+        ) from exc
+    if not hasattr(flow, "Tensor"):
+        raise ImportError(
+            f"The installed oneflow ({getattr(flow, '__version__', '?')}) has no compiled core: this is "
+            "the stub pip installs on Python >= 3.11. Use Python 3.10 with oneflow==0.9.0."
+        )
+    _FLOW = flow
+    return flow
+
+
+# --------------------------------------------------------------------------------------------------
+# Ranks and devices. The launcher (oneflow.distributed.launch) sets RANK / WORLD_SIZE / LOCAL_RANK.
+# --------------------------------------------------------------------------------------------------
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Map ``auto``/``cuda``/``cpu`` to a OneFlow device string for this rank (``cuda:<local_rank>``).
+
+    ``cuda`` on a machine without a usable GPU is an error rather than a silent fall back to the CPU.
+    """
+    flow = import_oneflow()
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"--device must be one of auto, cuda, cpu (got {device!r})")
+    if device == "auto":
+        device = "cuda" if flow.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not flow.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for, but OneFlow sees no usable GPU on this machine")
+        return f"cuda:{local_rank()}"
+    return "cpu"
