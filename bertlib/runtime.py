@@ -95,7 +95,14 @@ def import_oneflow():
         time.sleep(1.0)  # let rank 0 start its control server first (see module docstring)
     try:
         flow = _import_with_fd2_silenced()
-    except OSError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name != "oneflow":
+            raise
+        raise ImportError(
+            "OneFlow is not installed. bertlib needs `oneflow==0.9.0` on Python 3.10 "
+            "(see README: `make install` or `pip install -e .`)."
+        ) from exc
+    except ImportError as exc:  # the core's shared libraries did not load
         if "cannot open shared object file" not in str(exc):
             raise
         for name in [m for m in sys.modules if m == "oneflow" or m.startswith("oneflow.")]:
@@ -107,11 +114,6 @@ def import_oneflow():
                 "(they are needed even on machines without a GPU)."
             ) from exc
         flow = _import_with_fd2_silenced()
-    except ModuleNotFoundError as exc:
-        raise ImportError(
-            "OneFlow is not installed. bertlib needs `oneflow==0.9.0` on Python 3.10 "
-            "(see README: `make install` or `pip install -e .`)."
-        ) from exc
     if not hasattr(flow, "Tensor"):
         raise ImportError(
             f"The installed oneflow ({getattr(flow, '__version__', '?')}) has no compiled core: this is "

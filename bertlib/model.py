@@ -1,0 +1,399 @@
+"""BERT in one file: embeddings, self-attention, encoder, pooler, pre-training and SQuAD heads, losses.
+
+Shape legend used in every docstring and shape comment:
+
+    B  batch size                      S  sequence length (tokens per example)
+    H  hidden size                     N  attention heads
+    D  head size (H // N)              I  intermediate (feed-forward) size
+    V  vocabulary size                 P  masked positions per example (max_predictions_per_seq)
+
+Module and parameter names follow the paper's blocks one-to-one and are exactly Hugging Face's
+``modeling_bert.py`` names (``bert.encoder.layer.3.attention.self.query.weight`` ...), so importing
+a published checkpoint is a rename-free load (see :mod:`bertlib.weights`).
+
+Token ids, segment ids and masks are int64 OneFlow tensors. Out-of-range ids do NOT raise inside
+OneFlow's embedding (they read zeros), which is why the data validator checks ids against the vocab.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional
+
+from . import kernels
+from .config import BertConfig
+from .runtime import import_oneflow
+from .weights import PretrainedMixin
+
+flow = import_oneflow()
+nn = flow.nn
+F = flow.nn.functional
+
+
+# ----------------------------------------------------------------------------------------- outputs
+@dataclass
+class BertOutput:
+    last_hidden_state: "flow.Tensor"          # float32 [B, S, H]
+    pooler_output: Optional["flow.Tensor"]    # float32 [B, H], tanh(dense([CLS]))
+    attentions: Optional[List["flow.Tensor"]] = None  # per layer float32 [B, N, S, S]
+
+
+@dataclass
+class PreTrainingOutput:
+    prediction_logits: "flow.Tensor"          # float32 [B, S, V], or [B, P, V] at masked positions
+    seq_relationship_logits: "flow.Tensor"    # float32 [B, 2]: 0 = B follows A, 1 = B is random
+    attentions: Optional[List["flow.Tensor"]] = None
+
+
+@dataclass
+class QuestionAnsweringOutput:
+    start_logits: "flow.Tensor"               # float32 [B, S]
+    end_logits: "flow.Tensor"                 # float32 [B, S]
+
+
+# ------------------------------------------------------------------------------------ the blocks
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis with learned ``weight`` (gamma) and ``bias`` (beta).
+
+    The maths is the textbook one; :func:`bertlib.kernels.layer_norm` picks the formulation that is
+    fastest on the current device (OneFlow 0.9's CPU LayerNorm kernel is ~100x slower than needed).
+    """
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(flow.ones(hidden_size))
+        self.bias = nn.Parameter(flow.zeros(hidden_size))
+        self.eps = eps
+
+    def forward(self, x):  # x: float32 [..., H]
+        return kernels.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+def activation(name: str):
+    if name == "gelu":
+        return kernels.gelu  # exact erf form, as in the paper's code
+    if name == "relu":
+        return F.relu
+    return flow.tanh
+
+
+class BertEmbeddings(nn.Module):
+    """token + learned position + segment embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        """input_ids, token_type_ids: int64 [B, S] -> float32 [B, S, H]."""
+        seq_len = input_ids.shape[1]
+        if seq_len > self.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings}")
+        positions = flow.arange(seq_len, dtype=flow.int64, device=input_ids.device)  # [S]
+        x = (self.word_embeddings(input_ids)                                          # [B, S, H]
+             + self.position_embeddings(positions).unsqueeze(0)                        # [1, S, H]
+             + self.token_type_embeddings(token_type_ids))                             # [B, S, H]
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention: softmax(Q K^T / sqrt(D) + mask) V per head."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def forward(self, hidden, mask_bias):
+        """hidden: float32 [B, S, H]; mask_bias: float32 [B, 1, 1, S], 0 for tokens, -10000 for padding.
+
+        Returns context float32 [B, S, H] and attention probabilities float32 [B, N, S, S].
+        """
+        B, S, H = hidden.shape
+        N, D = self.num_heads, self.head_size
+        # One matmul for Q, K and V: the three weights side by side give a [B, S, 3H] result.
+        qkv_weight = flow.cat([self.query.weight, self.key.weight, self.value.weight], dim=0)  # [3H, H]
+        qkv_bias = flow.cat([self.query.bias, self.key.bias, self.value.bias], dim=0)          # [3H]
+        qkv = F.linear(hidden, qkv_weight, qkv_bias)                                            # [B, S, 3H]
+        qkv = qkv.reshape(B, S, 3, N, D).permute(2, 0, 3, 1, 4)                                 # [3, B, N, S, D]
+        q, k, v = qkv[0], qkv[1], qkv[2]                                                        # [B, N, S, D]
+        scores = flow.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(D))                     # [B, N, S, S]
+        probs = kernels.softmax(scores + mask_bias)                                             # [B, N, S, S]
+        context = flow.matmul(self.dropout(probs), v)                                           # [B, N, S, D]
+        context = context.permute(0, 2, 1, 3).reshape(B, S, H)                                  # [B, S, H]
+        return context, probs
+
+
+class BertSelfOutput(nn.Module):
+    """Project the heads back to H, dropout, then the residual connection and LayerNorm (post-LN)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context, residual):  # both float32 [B, S, H]
+        return self.LayerNorm(self.dropout(self.dense(context)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden, mask_bias):
+        context, probs = self.self(hidden, mask_bias)
+        return self.output(context, hidden), probs
+
+
+class BertIntermediate(nn.Module):
+    """First half of the feed-forward block: H -> I with the activation."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, hidden):  # float32 [B, S, H] -> [B, S, I]
+        return self.act(self.dense(hidden))
+
+
+class BertOutputBlock(nn.Module):
+    """Second half of the feed-forward block: I -> H, dropout, residual, LayerNorm."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, intermediate, residual):  # [B, S, I], [B, S, H] -> [B, S, H]
+        return self.LayerNorm(self.dropout(self.dense(intermediate)) + residual)
+
+
+class BertLayer(nn.Module):
+    """One encoder layer: self-attention sub-layer then feed-forward sub-layer."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutputBlock(config)
+
+    def forward(self, hidden, mask_bias):
+        attended, probs = self.attention(hidden, mask_bias)
+        return self.output(self.intermediate(attended), attended), probs
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, hidden, mask_bias, output_attentions=False):
+        attentions = []
+        for layer in self.layer:
+            hidden, probs = layer(hidden, mask_bias)
+            if output_attentions:
+                attentions.append(probs)
+        return hidden, (attentions if output_attentions else None)
+
+
+class BertPooler(nn.Module):
+    """The sentence vector: dense + tanh on the [CLS] token's final hidden state."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden):  # float32 [B, S, H] -> [B, H]
+        return flow.tanh(self.dense(hidden[:, 0]))
+
+
+# --------------------------------------------------------------------------------- the models
+class BertPreTrainedModel(PretrainedMixin, nn.Module):
+    """Shared init (truncated normal, std = initializer_range) and checkpoint I/O."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+
+    def init_weights(self):
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                # Truncated at 2 std, as Google's BERT does.
+                nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _mask_bias(attention_mask, dtype):
+    """attention_mask int64 [B, S] (1 = token, 0 = padding) -> additive bias float32 [B, 1, 1, S].
+
+    Adding -10000 before the softmax gives padding a probability of exp(-10000) = 0 in float32.
+    """
+    return (1.0 - attention_mask.to(dtype)).unsqueeze(1).unsqueeze(2) * -10000.0
+
+
+class BertModel(BertPreTrainedModel):
+    """The encoder: embeddings -> L post-LN transformer layers -> (optional) pooler."""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, output_attentions=False):
+        """input_ids, token_type_ids, attention_mask: int64 [B, S]. Missing segments mean all sentence
+        A; a missing mask means no padding."""
+        if token_type_ids is None:
+            token_type_ids = flow.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = flow.ones_like(input_ids)
+        hidden = self.embeddings(input_ids, token_type_ids)                   # [B, S, H]
+        hidden, attentions = self.encoder(hidden, _mask_bias(attention_mask, hidden.dtype),
+                                          output_attentions)
+        pooled = self.pooler(hidden) if self.pooler is not None else None     # [B, H]
+        return BertOutput(hidden, pooled, attentions)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+
+    def forward(self, hidden):  # [..., H] -> [..., H]
+        return self.LayerNorm(self.act(self.dense(hidden)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """Masked-LM head: transform, then scores against every word embedding (weights tied) + bias."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.bias = nn.Parameter(flow.zeros(config.vocab_size))
+
+    def forward(self, hidden, word_embeddings):
+        """hidden float32 [..., H], word_embeddings float32 [V, H] -> logits float32 [..., V].
+
+        Reusing the input embedding matrix as the output projection ("tying") is what BERT does; we
+        do it by passing the matrix in rather than sharing a Parameter between two modules, which
+        keeps data-parallel and graph mode free of shared-parameter corner cases.
+        """
+        return F.linear(self.transform(hidden), word_embeddings, self.bias)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+def gather_positions(hidden, positions):
+    """hidden float32 [B, S, H], positions int64 [B, P] -> float32 [B, P, H] (the rows at positions)."""
+    B, S, H = hidden.shape
+    P = positions.shape[1]
+    offsets = (flow.arange(B, dtype=flow.int64, device=positions.device) * S).unsqueeze(1)  # [B, 1]
+    flat = (positions + offsets).reshape(B * P)                                              # [B*P]
+    return flow.index_select(hidden.reshape(B * S, H), 0, flat).reshape(B, P, H)             # [B, P, H]
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT with the two pre-training heads: masked LM (tied to word embeddings) and next sentence."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, masked_lm_positions=None,
+                output_attentions=False):
+        """As :class:`BertModel`, plus masked_lm_positions int64 [B, P]: when given, MLM logits are
+        computed only there ([B, P, V] instead of [B, S, V]) — the V-wide projection is the most
+        expensive matmul of pre-training and 85% of positions don't need it."""
+        out = self.bert(input_ids, token_type_ids, attention_mask, output_attentions)
+        hidden = out.last_hidden_state                                           # [B, S, H]
+        if masked_lm_positions is not None:
+            hidden = gather_positions(hidden, masked_lm_positions)               # [B, P, H]
+        word_embeddings = self.bert.embeddings.word_embeddings.weight            # [V, H]
+        mlm_logits = self.cls.predictions(hidden, word_embeddings)               # [B, S|P, V]
+        nsp_logits = self.cls.seq_relationship(out.pooler_output)                # [B, 2]
+        return PreTrainingOutput(mlm_logits, nsp_logits, out.attentions)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """BERT + one linear layer giving each token a score for being the answer's start and end."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # [B, S, H]
+        logits = self.qa_outputs(hidden)                                                # [B, S, 2]
+        start, end = logits[:, :, 0], logits[:, :, 1]                                   # [B, S] each
+        return QuestionAnsweringOutput(start, end)
+
+
+# ------------------------------------------------------------------------------------- the losses
+def _cross_entropy(logits, labels):
+    """logits float32 [M, C], labels int64 [M] -> per-row loss float32 [M] (-log softmax at label)."""
+    log_probs = kernels.log_softmax(logits)                                       # [M, C]
+    return -flow.gather(log_probs, 1, labels.unsqueeze(1)).squeeze(1)             # [M]
+
+
+def pretraining_loss(prediction_logits, seq_relationship_logits, masked_lm_ids, masked_lm_weights,
+                     next_sentence_labels):
+    """The BERT pre-training objective.
+
+    Args:
+        prediction_logits: float32 [B, P, V], MLM logits at the masked positions.
+        seq_relationship_logits: float32 [B, 2].
+        masked_lm_ids: int64 [B, P], the original token at each masked position (0 for padding).
+        masked_lm_weights: float32 [B, P], 1.0 for a real prediction, 0.0 for padding slots.
+        next_sentence_labels: int64 [B] or [B, 1], 0 = B follows A, 1 = B is random.
+
+    Returns:
+        (total, mlm, nsp) float32 scalars: mlm = sum(w * CE) / sum(w), nsp = mean CE, total = mlm + nsp.
+    """
+    B, P, V = prediction_logits.shape
+    per_token = _cross_entropy(prediction_logits.reshape(B * P, V), masked_lm_ids.reshape(B * P))
+    weights = masked_lm_weights.reshape(B * P).to(per_token.dtype)
+    # clamp: a batch without any masked token gives 0 instead of 0/0
+    mlm = (per_token * weights).sum() / flow.clamp(weights.sum(), min=1e-5)
+    nsp = _cross_entropy(seq_relationship_logits, next_sentence_labels.reshape(-1)).mean()
+    return mlm + nsp, mlm, nsp
+
+
+def squad_loss(start_logits, end_logits, start_positions, end_positions):
+    """start/end_logits float32 [B, S]; positions int64 [B] or [B, 1] -> (CE(start) + CE(end)) / 2."""
+    start = _cross_entropy(start_logits, start_positions.reshape(-1)).mean()
+    end = _cross_entropy(end_logits, end_positions.reshape(-1)).mean()
+    return (start + end) / 2

@@ -1,0 +1,165 @@
+"""Hugging Face-format checkpoints: ``config.json`` + ``model.safetensors``, in and out.
+
+Because bertlib's parameter names are Hugging Face's, importing a checkpoint is a short rename table
+rather than code:
+
+* checkpoints of a bare ``BertModel`` (sentence-transformers' MiniLM, for example) have no ``bert.``
+  prefix; checkpoints of the task models have it. Both load into every bertlib model.
+* TensorFlow-era conversions call LayerNorm's parameters ``gamma``/``beta``.
+* ``cls.predictions.decoder.weight`` is the word-embedding matrix (tied) and
+  ``cls.predictions.decoder.bias`` is ``cls.predictions.bias``: skipped or used as a fallback.
+* buffers such as ``embeddings.position_ids`` hold no learned values and are ignored.
+
+Heads that the checkpoint lacks (a SQuAD head on a pre-trained encoder) keep their fresh
+initialisation and are listed in a warning, as ``transformers`` does.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .config import BertConfig
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+_IGNORED_SUFFIXES = ("position_ids", "token_type_ids")  # non-learned buffers in HF checkpoints
+_TIED = {
+    "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+    "cls.predictions.decoder.bias": "cls.predictions.bias",
+}
+
+
+def _canonical(name: str) -> str:
+    """Old TF-converted names -> current names."""
+    if name.endswith("LayerNorm.gamma"):
+        return name[: -len("gamma")] + "weight"
+    if name.endswith("LayerNorm.beta"):
+        return name[: -len("beta")] + "bias"
+    return name
+
+
+def map_checkpoint_names(checkpoint_names, model_names):
+    """Return ({checkpoint name: model name}, [unused checkpoint names]).
+
+    Each checkpoint name is tried as is, with ``bert.`` added, and with ``bert.`` removed.
+    """
+    model_names = set(model_names)
+    mapping, unused = {}, []
+    for name in checkpoint_names:
+        canon = _canonical(name)
+        if canon.endswith(_IGNORED_SUFFIXES):
+            continue
+        candidates = [canon, "bert." + canon, canon[len("bert."):] if canon.startswith("bert.") else None]
+        target = next((c for c in candidates if c in model_names), None)
+        if target is None:
+            unused.append(name)
+        else:
+            mapping[name] = target
+    return mapping, unused
+
+
+def load_safetensors(path: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - the safetensors errors do not name the file
+        raise ValueError(f"could not read weights from {path}: {exc}") from exc
+
+
+def resolve_checkpoint_dir(path) -> tuple[Path, Path]:
+    """A directory holding config.json + model.safetensors -> (config path, weights path)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    if path.is_file():
+        raise ValueError(f"{path} is a file; from_pretrained takes a directory with {CONFIG_NAME} "
+                         f"and {WEIGHTS_NAME}")
+    config, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if not config.is_file():
+        raise FileNotFoundError(f"{path} has no {CONFIG_NAME}")
+    if not weights.is_file():
+        hint = ""
+        if (path / "pytorch_model.bin").exists():
+            hint = (" It has pytorch_model.bin: convert it once with transformers "
+                    "(`AutoModel.from_pretrained(d).save_pretrained(d, safe_serialization=True)`).")
+        raise FileNotFoundError(f"{path} has no {WEIGHTS_NAME}.{hint}")
+    return config, weights
+
+
+class PretrainedMixin:
+    """``from_pretrained`` / ``save_pretrained`` for the bertlib models (mixed into nn.Module)."""
+
+    @classmethod
+    def from_pretrained(cls, path, config: BertConfig | None = None, **config_overrides):
+        """Build ``cls`` from a Hugging Face-format directory and copy in its weights.
+
+        ``config_overrides`` (e.g. ``hidden_dropout_prob=0.0``) change fields of the stored config.
+        """
+        from .runtime import import_oneflow
+
+        flow = import_oneflow()
+        config_path, weights_path = resolve_checkpoint_dir(path)
+        if config is None:
+            config = BertConfig.from_json(config_path)
+        if config_overrides:
+            config = BertConfig(**{**config.to_dict(), **config_overrides})
+        model = cls(config)
+        tensors = load_safetensors(weights_path)
+        state = model.state_dict()
+        mapping, unused = map_checkpoint_names(tensors.keys(), state.keys())
+        # the tied decoder duplicates: only a fallback if the real tensor is absent
+        loaded = set()
+        for ckpt_name, target in sorted(mapping.items(), key=lambda kv: kv[0] in _TIED):
+            if ckpt_name in _TIED and target in loaded:
+                continue
+            array = tensors[ckpt_name]
+            expected = tuple(state[target].shape)
+            if tuple(array.shape) != expected:
+                raise ValueError(
+                    f"{weights_path}: tensor {ckpt_name} has shape {tuple(array.shape)}, but the model "
+                    f"built from {config_path.name} expects {expected} for {target}"
+                )
+            state[target] = flow.tensor(np.ascontiguousarray(array, dtype=np.float32))
+            loaded.add(target)
+        model.load_state_dict(state)
+        missing = sorted(set(state) - loaded)
+        unused = [u for u in unused if u not in _TIED]
+        if missing:
+            warnings.warn(
+                f"{cls.__name__}: {len(missing)} tensors are not in {weights_path} and keep their fresh "
+                f"initialisation (expected for a new task head): {', '.join(missing)}",
+                stacklevel=2,
+            )
+        model.unused_checkpoint_tensors = unused  # e.g. the pooler when loading a SQuAD model
+        return model
+
+    def save_pretrained(self, path) -> Path:
+        """Write config.json + model.safetensors that ``transformers`` and ``from_pretrained`` read."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for name, tensor in self.state_dict().items():
+            if getattr(tensor, "is_global", False):
+                tensor = tensor.to_local()
+            tensors[name] = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        word = tensors.get("bert.embeddings.word_embeddings.weight")
+        if "cls.predictions.bias" in tensors and word is not None:
+            # transformers' BertForPreTraining expects the tied decoder too
+            tensors["cls.predictions.decoder.weight"] = word.copy()
+            tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].copy()
+        tmp = path / (WEIGHTS_NAME + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.replace(path / WEIGHTS_NAME)
+        text = self.config.to_json()
+        import json
+
+        data = json.loads(text)
+        data["architectures"] = [type(self).__name__]
+        (path / CONFIG_NAME).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return path
