@@ -128,14 +128,21 @@ def import_oneflow():
 # --------------------------------------------------------------------------------------------------
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    # OneFlow itself sets RANK=-1 in a single-process run, so ask it once it is imported.
+    if _FLOW is not None:
+        return _FLOW.env.get_rank()
+    return max(0, int(os.environ.get("RANK", "0")))
 
 
 def world_size() -> int:
+    if _FLOW is not None:
+        return _FLOW.env.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def local_rank() -> int:
+    if _FLOW is not None:
+        return _FLOW.env.get_local_rank()
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 

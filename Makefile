@@ -1,0 +1,39 @@
+# bertlib: `make test` and `make demo` set everything up on first use (.venv with Python 3.10).
+VENV      := .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+# Tests and notebooks run on the CPU with small settings; BERTLIB_SMOKE shrinks notebook runs further.
+TEST_ENV  := BERTLIB_SMOKE=1 MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
+
+.PHONY: install test unit notebooks demo lab bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { P=$$(tools/find_python310.sh) && echo "creating $(VENV) with $$P" && $$P -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --user --name bertlib --display-name "Python 3.10 (bertlib)" >/dev/null
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+unit: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest tests -p no:cacheprovider
+
+notebooks: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+demo: $(STAMP)
+	$(VENV)/bin/bert-pretrain
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(PY) bench/data_throughput.py
+	$(PY) bench/pretrain_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
