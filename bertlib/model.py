@@ -51,6 +51,14 @@ class QuestionAnsweringOutput:
     end_logits: "flow.Tensor"                 # float32 [B, S]
 
 
+def _arange(n: int, like):
+    """int64 [n] = 0..n-1 where ``like`` lives: its device, or, for a global tensor (graph mode
+    across processes), its placement, replicated on every rank."""
+    if like.is_global:
+        return flow.arange(n, dtype=flow.int64, placement=like.placement, sbp=flow.sbp.broadcast)
+    return flow.arange(n, dtype=flow.int64, device=like.device)
+
+
 # ------------------------------------------------------------------------------------ the blocks
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis with learned ``weight`` (gamma) and ``bias`` (beta).
@@ -94,7 +102,7 @@ class BertEmbeddings(nn.Module):
         if seq_len > self.position_embeddings.num_embeddings:
             raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings "
                              f"{self.position_embeddings.num_embeddings}")
-        positions = flow.arange(seq_len, dtype=flow.int64, device=input_ids.device)  # [S]
+        positions = _arange(seq_len, like=input_ids)                                     # [S]
         x = (self.word_embeddings(input_ids)                                          # [B, S, H]
              + self.position_embeddings(positions).unsqueeze(0)                        # [1, S, H]
              + self.token_type_embeddings(token_type_ids))                             # [B, S, H]
@@ -317,7 +325,7 @@ def gather_positions(hidden, positions):
     """hidden float32 [B, S, H], positions int64 [B, P] -> float32 [B, P, H] (the rows at positions)."""
     B, S, H = hidden.shape
     P = positions.shape[1]
-    offsets = (flow.arange(B, dtype=flow.int64, device=positions.device) * S).unsqueeze(1)  # [B, 1]
+    offsets = (_arange(B, like=positions) * S).unsqueeze(1)                                   # [B, 1]
     flat = (positions + offsets).reshape(B * P)                                              # [B*P]
     return flow.index_select(hidden.reshape(B * S, H), 0, flat).reshape(B, P, H)             # [B, P, H]
 

@@ -107,6 +107,11 @@ class Trainer:
     def fit(self) -> list[dict]:
         flow, opt = self.flow, self.opt
         model = self.model.to(self.device)
+        if opt.mode == "graph" and self.world > 1:
+            # parameters must be global (replicated) before the optimizer is built over them
+            from .graph import replicate
+
+            replicate(model, self.device)
         optimizer = build_optimizer(model, opt.optimizer, opt.learning_rate, opt.weight_decay_rate)
         start_step, consumed = 0, 0
         if opt.model_load_dir:

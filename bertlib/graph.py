@@ -1,0 +1,97 @@
+"""Graph mode: one training step compiled by OneFlow's ``nn.Graph``.
+
+In eager mode Python dispatches every op of every step. A graph is traced once (forward, backward,
+gradient clipping, learning-rate schedule and optimizer update together) and then replayed by
+OneFlow's runtime, which may fuse ops and plan memory. Two consequences shape this file:
+
+* anything that changes per step must be in the graph: the learning-rate schedule becomes a OneFlow
+  scheduler (two chained ``LinearLR``: warm-up, then decay) and clipping an optimizer option;
+* across processes a graph works on *global* tensors: parameters are ``broadcast`` (each rank holds
+  the whole), batches ``split(0)`` (each rank holds its rows), and OneFlow inserts the gradient
+  all-reduce itself. The loss it returns is ``partial_sum`` and is made ``broadcast`` to be read.
+
+Mixed precision (``use_fp16``) lives here: ``enable_amp`` casts matmuls to float16 and a dynamic
+loss scaler (growth every 2000 good steps, halve on overflow) keeps small gradients representable.
+"""
+from __future__ import annotations
+
+from .runtime import import_oneflow
+
+flow = import_oneflow()
+
+
+def _placement(device: str):
+    from . import runtime
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return flow.placement(kind, ranks=list(range(runtime.world_size())))
+
+
+def replicate(model, device: str):
+    """Make every parameter a global tensor held whole by every rank (sbp broadcast)."""
+    model.to_global(placement=_placement(device), sbp=flow.sbp.broadcast)
+
+
+def _schedule(optimizer, warmup: int, total: int):
+    """The scheduler equal to :func:`bertlib.optim.warmup_linear_decay` at every step."""
+    LinearLR = flow.optim.lr_scheduler.LinearLR
+    decay_steps = max(1, total - warmup)
+    decay = LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=decay_steps)
+    if warmup <= 1:
+        return decay
+    warm = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1)
+    return flow.optim.lr_scheduler.SequentialLR(optimizer, [warm, decay], milestones=[warmup])
+
+
+class TrainStepGraph(flow.nn.Graph):
+    def __init__(self, step_module, optimizer, scheduler, keys, accumulation: int, use_fp16: bool):
+        super().__init__()
+        self.step_module = step_module
+        self.keys = keys
+        self.add_optimizer(optimizer, lr_sch=scheduler)
+        if accumulation > 1:
+            self.config.set_gradient_accumulation_steps(accumulation)
+        if use_fp16:
+            self.config.enable_amp(True)
+            self.set_grad_scaler(flow.amp.GradScaler(init_scale=2.0 ** 16, growth_factor=2.0,
+                                                     backoff_factor=0.5, growth_interval=2000))
+
+    def build(self, *tensors):
+        outs = self.step_module(dict(zip(self.keys, tensors)))
+        outs[0].backward()
+        return flow.stack(list(outs))                        # float32 [M]
+
+
+def build_train_graph(trainer, model, optimizer):
+    """Return ``step(model, optimizer, batches) -> metrics`` that runs the compiled step."""
+    opt, world = trainer.opt, trainer.world
+    if opt.model_load_dir or opt.model_save_every_n_iter or opt.save_last_snapshot:
+        if world > 1:
+            raise ValueError("--mode graph with several processes cannot save or resume checkpoints "
+                             "yet; use --mode eager for runs that checkpoint")
+    for group in optimizer.param_groups:
+        group["clip_grad_max_norm"] = opt.clip_grad_norm
+        group["clip_grad_norm_type"] = 2.0
+    placement = _placement(trainer.device) if world > 1 else None
+    scheduler = _schedule(optimizer, opt.warmup_batches, opt.iter_num)
+    state = {"graph": None, "keys": None}
+    acc = opt.num_accumulation_steps
+
+    def step(_model, _optimizer, batches):
+        # with accumulation the graph takes all micro-batches of a step at once and splits them
+        micro = [next(batches) for _ in range(acc)]
+        if state["keys"] is None:
+            state["keys"] = tuple(sorted(micro[0]))
+        keys = state["keys"]
+        tensors = [flow.cat([m[k] for m in micro], dim=0) if acc > 1 else micro[0][k] for k in keys]
+        if placement is not None:
+            tensors = [t.to_global(placement=placement, sbp=flow.sbp.split(0)) for t in tensors]
+        if state["graph"] is None:
+            state["graph"] = TrainStepGraph(trainer.step_module, optimizer, scheduler, keys, acc,
+                                            opt.use_fp16)
+        metrics = state["graph"](*tensors)
+        if placement is not None:
+            metrics = metrics.to_global(placement=placement, sbp=flow.sbp.broadcast).to_local()
+        return metrics
+
+    return step
