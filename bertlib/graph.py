@@ -33,13 +33,26 @@ def replicate(model, device: str):
 
 
 def _schedule(optimizer, warmup: int, total: int):
-    """The scheduler equal to :func:`bertlib.optim.warmup_linear_decay` at every step."""
+    """The scheduler equal to :func:`bertlib.optim.warmup_linear_decay` at every step.
+
+    OneFlow's SequentialLR hands the *global* step to the second scheduler and LinearLR factors
+    must stay in [0, 1]; so the base learning rate is raised by total / (total - warmup) and both
+    pieces are written as fractions of it: decay = 1 - step / total, warm-up ends at
+    (total - warmup) / total.
+    """
     LinearLR = flow.optim.lr_scheduler.LinearLR
-    decay_steps = max(1, total - warmup)
-    decay = LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=decay_steps)
-    if warmup <= 1:
+    warmup = min(warmup, total - 1)
+    scale = total / (total - warmup)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = group["lr"] * scale
+    decay = LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=total)
+    if warmup <= 0:
         return decay
-    warm = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1)
+    if warmup == 1:
+        warm = flow.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0 / scale, total_iters=1)
+    else:
+        warm = LinearLR(optimizer, start_factor=1.0 / (warmup * scale), end_factor=1.0 / scale,
+                        total_iters=warmup - 1)
     return flow.optim.lr_scheduler.SequentialLR(optimizer, [warm, decay], milestones=[warmup])
 
 

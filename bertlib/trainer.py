@@ -129,8 +129,9 @@ class Trainer:
         sums, n_in_interval, t0 = None, 0, time.perf_counter()
         for step in range(start_step, opt.iter_num):
             lr = opt.learning_rate * warmup_linear_decay(step, opt.warmup_batches, opt.iter_num)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            if opt.mode == "eager":  # a graph carries the same schedule inside (bertlib.graph)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
             self._reseed_dropout(model, step)
             metrics = step_fn(model, optimizer, batches)        # float32 [M], this step's metrics
             consumed += opt.num_accumulation_steps
