@@ -158,3 +158,22 @@ def fail_fast(fn, *args, **kwargs):
     sys.stdout.flush()
     sys.stderr.flush()
     return result
+
+
+def run_module(module: str, args: list[str], echo: bool = True, cwd=None) -> str:
+    """Run ``python -m module *args`` in a fresh process (as a notebook must, to start several ranks),
+    echoing its output line by line; return the output, or raise with it if the command failed."""
+    cmd = [sys.executable, "-m", module, *map(str, args)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=cwd)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if echo:
+            print(line, end="", flush=True)
+    if proc.wait() != 0:
+        tail = "".join(lines[-20:])
+        raise RuntimeError(f"`python -m {module} {' '.join(map(str, args))}` exited with "
+                           f"{proc.returncode}:\n{tail}")
+    return "".join(lines)
