@@ -312,14 +312,20 @@ def test_dropout_only_in_train_mode(pretraining):
     assert np.abs(e1 - ref["prediction_logits"]).max() <= ATOL
 
 
+@pytest.mark.xfail(strict=True, reason="OneFlow 0.9's nn.init.trunc_normal_ is normal_().clamp_(a, b): "
+                   "about 4.6% of the values pile up exactly at +-2 std instead of being redrawn")
 def test_fresh_model_init_is_truncated_normal():
     from bertlib.config import BertConfig
 
     config = BertConfig.tiny(vocab_size=500)
     model = BertForPreTraining(config)
     std = config.initializer_range
-    w = model.bert.encoder.layer[0].intermediate.dense.weight.numpy()
-    assert np.abs(w).max() <= 2 * std + 1e-6        # truncated at 2 std
-    assert 0.5 * std < w.std() < std                 # a 2-std truncation shrinks std to ~0.88
+    w = model.bert.encoder.layer[0].intermediate.dense.weight.numpy()   # float32 [I, H], 65k values
     assert np.all(model.bert.encoder.layer[0].intermediate.dense.bias.numpy() == 0)
     assert np.all(model.bert.embeddings.LayerNorm.weight.numpy() == 1)
+    assert np.abs(w).max() <= 2 * std * (1 + 1e-6)
+    # A normal truncated at 2 std has std 0.880 * std and no mass AT the bounds; a clamped one has
+    # std 0.96 * std and 4.6% of its values exactly on them.
+    at_bounds = np.mean(np.abs(w) >= 2 * std * (1 - 1e-6))
+    assert at_bounds < 1e-3, f"{at_bounds:.1%} of the weights sit exactly at +-2 std"
+    assert 0.85 * std < w.std() < 0.91 * std

@@ -14,7 +14,8 @@ It writes, under tests/fixtures/hf_reference/:
     bare/         HF BertModel (no "bert." prefix, like sentence-transformers' MiniLM)
     gamma_beta/   pretraining's weights renamed the TensorFlow-era way (LayerNorm.gamma/.beta) and
                   with the tied decoder written out explicitly
-    metadata.json versions of torch/transformers, the seed, this script's name and sha256
+    metadata.json versions of torch/transformers, the seed, this script's name and sha256, and the
+                  parameter counts transformers gives BERT-base/large
 
 Each reference.npz holds the fixed inputs (with padding and mixed segments) and what transformers
 computes for them in eval mode; the losses are computed from HF's logits with torch, following the
@@ -47,6 +48,11 @@ CONFIGS = {
                intermediate_size=37, max_position_embeddings=64, type_vocab_size=2),
     "bare": dict(vocab_size=150, hidden_size=40, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=37, max_position_embeddings=64, type_vocab_size=2),
+}
+# The paper's two sizes (vocab 30522, 512 positions, 2 segments: transformers' defaults).
+PRESETS = {
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
 BATCH, SEQ_LEN, MAX_PREDICTIONS = 3, 24, 5
 LENGTHS = (24, 17, 9)  # real tokens per row: one full row, two rows with padding at the end
@@ -247,6 +253,18 @@ def main() -> int:
         input_ids=ids, token_type_ids=segs, attention_mask=mask,
         last_hidden_state=out.last_hidden_state, pooler_output=out.pooler_output,
     ), "HF BertModel saved without the bert. prefix")
+
+    # Parameter counts of the full-size presets as transformers builds them (on the meta device: no
+    # memory, no random numbers), for bertlib's live counts to be checked against.
+    meta["parameter_counts"] = {}
+    for preset, sizes in PRESETS.items():
+        config = transformers.BertConfig(**sizes)
+        with torch.device("meta"):
+            meta["parameter_counts"][preset] = {
+                cls.__name__: sum(p.numel() for p in cls(config).parameters())
+                for cls in (transformers.BertModel, transformers.BertForPreTraining,
+                            transformers.BertForQuestionAnswering)
+            }
 
     # Listed once everything is written: the test checks that nothing is missing or stray.
     for variant in VARIANTS:
