@@ -69,7 +69,10 @@ def _import_with_fd2_silenced():
             sink.seek(0)
             captured = sink.read().decode("utf-8", "replace").strip()
             if captured:
-                error.args = (f"{error}\n--- OneFlow wrote while importing ---\n{captured}",)
+                message = f"{error}\n--- OneFlow wrote while importing ---\n{captured}"
+                error.args = (message,)
+                if isinstance(error, ImportError):
+                    error.msg = message  # str(ImportError) prints .msg, not .args
             raise error
     return sys.modules["oneflow"]
 
