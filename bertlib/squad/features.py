@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -53,8 +52,6 @@ __all__ = [
     "make_squad_data",
     "load_eval_features",
 ]
-
-logger = logging.getLogger(__name__)
 
 FIRST_UNIQUE_ID = 1000000000
 MANIFEST_NAME = "squad_features.json"
@@ -538,7 +535,8 @@ def make_squad_data(
     do_lower_case: bool | None = None,
     progress: bool = False,
 ) -> dict:
-    """SQuAD JSON -> OFRecord shards + manifest in one call (what ``bert-make-squad-data`` runs).
+    """SQuAD JSON (path or parsed object) -> OFRecord shards + manifest in one call (what
+    ``bert-make-squad-data`` runs).
 
     Returns the manifest, with ``num_examples``, ``num_features`` and ``skipped`` (ids of
     training questions skipped because their answer cannot be aligned to whole words).
@@ -551,9 +549,11 @@ def make_squad_data(
     )
     if do_lower_case is None:
         do_lower_case = _tokenizer_lowercases(tokenizer)
-    metadata = {
-        "input_file": str(Path(input_file).resolve()),
-        "input_sha256": _sha256_file(input_file),
+    metadata = {}
+    if isinstance(input_file, (str, Path)):  # not for an in-memory JSON object
+        metadata["input_file"] = str(Path(input_file).resolve())
+        metadata["input_sha256"] = _sha256_file(input_file)
+    metadata |= {
         "doc_stride": doc_stride,
         "max_query_length": max_query_length,
         "do_lower_case": do_lower_case,

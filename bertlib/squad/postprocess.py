@@ -26,7 +26,7 @@ import json
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
