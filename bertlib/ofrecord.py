@@ -336,12 +336,85 @@ def _decode_list(kind: int, buf, start: int, end: int):
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
+def _scan_canonical(buf: bytes) -> dict[str, tuple[int, int, int]] | None:
+    """Locate each feature's values in a payload laid out the way protobuf (and we) write it.
+
+    Returns ``name -> (kind, start, end)``: for numeric lists the packed values, for bytes lists
+    the whole BytesList message. Returns None as soon as anything differs from that canonical
+    layout (unpacked lists, unknown fields, garbage): the general parser then decides. This is
+    the fast path of decoding and validation; the general parser is the reference.
+    """
+    n, pos, out = len(buf), 0, {}
+
+    def varint(pos: int, end: int) -> tuple[int, int]:
+        lo = buf[pos]
+        if lo < 0x80:
+            return lo, pos + 1
+        hi = buf[pos + 1]
+        if hi < 0x80:
+            return (lo & 0x7F) | (hi << 7), pos + 2
+        return _read_varint(buf, pos, end)
+
+    try:
+        while pos < n:
+            if buf[pos] != 0x0A:
+                return None
+            size, pos = varint(pos + 1, n)
+            end = pos + size
+            if end > n or buf[pos] != 0x0A:
+                return None
+            klen, pos = varint(pos + 1, end)
+            key = buf[pos:pos + klen]
+            pos += klen
+            if pos + 2 > end or buf[pos] != 0x12:
+                return None
+            flen, pos = varint(pos + 1, end)
+            if pos + flen != end or flen < 2:
+                return None
+            tag = buf[pos]
+            kind = tag >> 3
+            if tag & 7 != _WIRE_LEN or kind not in _KIND_NAME:
+                return None
+            blen, pos = varint(pos + 1, end)
+            if pos + blen != end:
+                return None
+            if blen and kind != _BYTES:
+                if buf[pos] != 0x0A:
+                    return None
+                plen, pos = varint(pos + 1, end)
+                if pos + plen != end:
+                    return None
+            out[str(key, "utf-8")] = (kind, pos, end)
+            pos = end
+    except (IndexError, DataError, UnicodeDecodeError):
+        return None
+    return out
+
+
+def _decode_packed(kind: int, raw) -> np.ndarray:
+    """The values of one canonical packed body (see :func:`_scan_canonical`)."""
+    dtype = _KIND_DTYPE[kind]
+    if kind in (_INT32, _INT64):
+        return _decode_varints(raw).view(np.int64).astype(dtype)
+    if len(raw) % dtype.itemsize:
+        raise DataError(f"a {_KIND_NAME[kind]} of {len(raw)} bytes is not a multiple of {dtype.itemsize}")
+    return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
+
+
 def decode_record(data: bytes) -> dict[str, object]:
     """Parse one OFRecord payload into ``name -> 1-D ndarray`` (``list[bytes]`` for bytes lists).
 
     Raises :class:`DataError` (with the byte offset inside the payload) when the bytes are not a
     well-formed OFRecord.
     """
+    data = bytes(data)
+    scan = _scan_canonical(data)
+    if scan is not None:
+        try:
+            return {name: (_decode_list(kind, data, s, e) if kind == _BYTES else _decode_packed(kind, data[s:e]))
+                    for name, (kind, s, e) in scan.items()}
+        except DataError:
+            pass  # let the general parser say where
     buf = memoryview(data)
     record: dict[str, object] = {}
     for number, wire, start, end in _fields(buf, 0, len(buf)):
@@ -551,7 +624,8 @@ class ValidationSummary:
 
 
 def _check_features(record: Mapping[str, object], schema: Schema, vocab_size: int | None,
-                    id_features: Sequence[str]) -> str | None:
+                    id_features: Sequence[str],
+                    value_ranges: Mapping[str, tuple[float, float]]) -> str | None:
     """Return a description of the first schema violation in ``record``, or None."""
     for name, (dtype, length) in schema.items():
         if name not in record:
@@ -569,24 +643,144 @@ def _check_features(record: Mapping[str, object], schema: Schema, vocab_size: in
                 i = int(bad[0])
                 return (f"feature {name!r} holds token id {value[i]} at position {i}, outside the "
                         f"vocabulary [0, {vocab_size}) (data made with another vocab.txt?)")
+        if name in value_ranges and len(value):
+            lo, hi = value_ranges[name]
+            bad = np.flatnonzero((value < lo) | (value >= hi))
+            if bad.size:
+                i = int(bad[0])
+                return f"feature {name!r} holds {value[i]} at position {i}, outside [{lo}, {hi})"
     return None
+
+
+class _BatchChecker:
+    """Validates records in batches: structure per record, numeric lists for all records at once.
+
+    Decoding varints record by record costs ~25 NumPy calls each; concatenating the int lists of a
+    few thousand records and decoding them in one pass makes validation ~10x faster.
+    """
+
+    def __init__(self, schema: Schema, vocab_size: int | None, id_features: Sequence[str],
+                 value_ranges: Mapping[str, tuple[float, float]]):
+        self.schema, self.vocab_size = schema, vocab_size
+        self.id_features, self.value_ranges = set(id_features), value_ranges
+        self.ranges = {}
+        for name in schema:
+            lo, hi = -np.inf, np.inf
+            if vocab_size is not None and name in self.id_features:
+                lo, hi = 0, vocab_size
+            if name in value_ranges:
+                lo, hi = max(lo, value_ranges[name][0]), min(hi, value_ranges[name][1])
+            self.ranges[name] = (lo, hi)
+
+    def check(self, path: Path, batch: list[tuple[int, int, bytes]]) -> None:
+        """``batch``: (record index, byte offset, payload); raise DataError for the first problem."""
+        bodies, owners = [], []  # int list bodies, and (batch position, feature name) of each
+        for pos, (index, offset, payload) in enumerate(batch):
+            scan = _scan_canonical(payload)
+            if scan is None:
+                self._check_slow(path, index, offset, payload)
+                continue
+            for name, (dtype, length) in self.schema.items():
+                problem = None
+                if name not in scan:
+                    problem = f"feature {name!r} is missing (the record has: {', '.join(sorted(scan)) or 'nothing'})"
+                else:
+                    kind, s, e = scan[name]
+                    if (dtype.kind in "SOV") != (kind == _BYTES) or kind == _BYTES:
+                        self._check_slow(path, index, offset, payload)  # rare: the reference path
+                        break
+                    if kind in (_INT32, _INT64):
+                        bodies.append(payload[s:e])
+                        owners.append((pos, name))
+                        continue
+                    width = _KIND_DTYPE[kind].itemsize
+                    if (e - s) % width or (e - s) // width != length:
+                        problem = (f"feature {name!r} has {(e - s) / width:g} values, expected {length}")
+                    elif name in self.value_ranges:
+                        self._check_slow(path, index, offset, payload)
+                        break
+                if problem:
+                    raise DataError(f"{path}: record {index} at byte offset {offset}: {problem}")
+        if bodies:
+            self._check_ints(path, batch, bodies, owners)
+
+    def _check_slow(self, path, index, offset, payload) -> None:
+        where = f"{path}: record {index} at byte offset {offset}"
+        try:
+            record = decode_record(payload)
+        except DataError as exc:
+            raise DataError(f"{where}: payload does not parse as an OFRecord ({exc}); "
+                            "garbage bytes or not an OFRecord file") from None
+        problem = _check_features(record, self.schema, self.vocab_size, tuple(self.id_features),
+                                  self.value_ranges)
+        if problem:
+            raise DataError(f"{where}: {problem}")
+
+    def _check_ints(self, path, batch, bodies, owners) -> None:
+        sizes = np.fromiter((len(b) for b in bodies), np.int64, count=len(bodies))
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        joined = np.frombuffer(b"".join(bodies), np.uint8)
+        last = joined < 0x80
+        nonempty = sizes > 0
+        counts = np.zeros(len(bodies), np.int64)
+        if joined.size:
+            counts[nonempty] = np.add.reduceat(last.astype(np.int64), starts[nonempty])
+            broken = np.flatnonzero(nonempty & ~last[np.maximum(starts + sizes - 1, 0)])
+            if broken.size:  # a list ending inside a varint: let the reference parser describe it
+                pos = owners[int(broken[0])][0]
+                self._check_slow(path, *batch[pos])
+                raise DataError(f"{path}: record {batch[pos][0]} at byte offset {batch[pos][1]}: "
+                                "an integer list ends in the middle of a varint")
+        expected = np.fromiter((self.schema[name][1] for _, name in owners), np.int64, count=len(owners))
+        wrong = np.flatnonzero(counts != expected)
+        if wrong.size:
+            i = int(wrong[0])
+            (pos, name), (index, offset, _) = owners[i], batch[owners[i][0]]
+            raise DataError(f"{path}: record {index} at byte offset {offset}: feature {name!r} has "
+                            f"{counts[i]} values, expected {expected[i]}")
+        if not joined.size:
+            return
+        values = _decode_varints(joined).view(np.int64)
+        if any(self.schema[name][0].itemsize == 4 for _, name in owners):
+            values = values.astype(np.int32).astype(np.int64)  # what an int32 list holds: the low 32 bits
+        lo = np.array([self.ranges[name][0] for _, name in owners], np.float64)
+        hi = np.array([self.ranges[name][1] for _, name in owners], np.float64)
+        owner_of_value = np.repeat(np.arange(len(owners)), counts)
+        bad = np.flatnonzero((values < lo[owner_of_value]) | (values >= hi[owner_of_value]))
+        if bad.size:
+            v = int(bad[0])
+            i = int(owner_of_value[v])
+            first = int(np.concatenate(([0], np.cumsum(counts)))[i])
+            (pos, name), (index, offset, _) = owners[i], batch[owners[i][0]]
+            value, at = int(values[v]), v - first
+            if name in self.id_features and self.vocab_size is not None and not 0 <= value < self.vocab_size:
+                msg = (f"feature {name!r} holds token id {value} at position {at}, outside the vocabulary "
+                       f"[0, {self.vocab_size}) (data made with another vocab.txt?)")
+            else:
+                msg = f"feature {name!r} holds {value} at position {at}, outside [{self.ranges[name][0]}, {self.ranges[name][1]})"
+            raise DataError(f"{path}: record {index} at byte offset {offset}: {msg}")
 
 
 def validate_data_dir(data_dir: str | os.PathLike, schema: Mapping[str, tuple], data_part_num: int,
                       num_ranks: int = 1, vocab_size: int | None = None,
                       id_features: Sequence[str] = ("input_ids",), prefix: str = "part-",
                       suffix_length: int | None = None,
-                      max_records_per_part: int | None = None) -> ValidationSummary:
+                      max_records_per_part: int | None = None,
+                      value_ranges: Mapping[str, tuple[float, float]] | None = None,
+                      decode_parts: Iterable[int] | None = None) -> ValidationSummary:
     """Check a data directory before OneFlow's reader sees it; raise :class:`DataError` on problems.
 
     Checked: the directory and all ``data_part_num`` part files exist; ``data_part_num >= num_ranks``
     (each rank needs its own parts); no part is empty; the length framing of every record is
     consistent with the file size; every payload parses as an OFRecord; every schema feature is
     present with the right kind and element count; ``id_features`` hold ids in ``[0, vocab_size)``.
+    ``value_ranges`` maps more features to ``[low, high)`` bounds for their values (labels,
+    positions: out-of-range values give silently wrong losses in OneFlow, not errors).
     The error names the file, the record index and its byte offset.
 
-    ``max_records_per_part`` limits the full decode to the first records of each part (the
-    framing of all records is always checked); None decodes everything.
+    The framing of every record of every part is always checked (it also counts the records).
+    ``decode_parts`` (part indices; None = all) and ``max_records_per_part`` (None = all) limit the
+    full decode, e.g. to the parts one rank reads.
     """
     data_dir = Path(data_dir)
     schema = schema if isinstance(schema, Schema) else Schema(schema)
@@ -610,29 +804,32 @@ def validate_data_dir(data_dir: str | os.PathLike, schema: Mapping[str, tuple], 
                 hint += " (zero-padded names: pass the suffix length, e.g. 5 for part-00000)"
             raise DataError(f"missing part file {p} (data_part_num={data_part_num} expects "
                             f"{paths[0].name} .. {paths[-1].name}){hint}")
+    value_ranges = dict(value_ranges or {})
+    checker = _BatchChecker(schema, vocab_size, id_features, value_ranges)
+    decode = set(range(data_part_num) if decode_parts is None else decode_parts)
     counts, total_bytes = [], 0
-    for p in paths:
+    for part, p in enumerate(paths):
+        limit = (max_records_per_part if max_records_per_part is not None else float("inf")) \
+            if part in decode else 0
         size = p.stat().st_size
         total_bytes += size
         if size == 0:
             raise DataError(f"{p}: the file is empty (OneFlow's reader aborts on empty parts)")
         n = 0
+        batch: list[tuple[int, int, bytes]] = []
         with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             offset = 0
             while offset < size:
                 length = _check_frame(p, mm, size, offset, n)
-                if max_records_per_part is None or n < max_records_per_part:
-                    where = f"{p}: record {n} at byte offset {offset}"
-                    try:
-                        record = decode_record(mm[offset + 8:offset + 8 + length])
-                    except DataError as exc:
-                        raise DataError(f"{where}: payload does not parse as an OFRecord ({exc}); "
-                                        "garbage bytes or not an OFRecord file") from None
-                    problem = _check_features(record, schema, vocab_size, id_features)
-                    if problem:
-                        raise DataError(f"{where}: {problem}")
+                if n < limit:
+                    batch.append((n, offset, mm[offset + 8:offset + 8 + length]))
+                    if len(batch) >= 2048:
+                        checker.check(p, batch)
+                        batch = []
                 offset += 8 + length
                 n += 1
+        if batch:
+            checker.check(p, batch)
         counts.append(n)
     per_rank = [sum(counts[i] for i in r) for r in rank_part_ranges(data_part_num, num_ranks)]
     return ValidationSummary(data_dir, paths, counts, total_bytes, num_ranks, per_rank)
