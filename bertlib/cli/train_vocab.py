@@ -1,0 +1,56 @@
+"""bert-train-vocab: learn a WordPiece vocab.txt from a text corpus.
+
+    bert-train-vocab --input corpus/ --output_dir my_vocab --vocab_size 30522
+
+The text is read the way bert-make-pretraining-data reads it (bertlib.corpus), normalised like
+BERT (uncased: lower-case, accents stripped), and split with BERT's pre-tokenizer. The special
+tokens [PAD] [UNK] [CLS] [SEP] [MASK] get ids 0..4. A small corpus yields fewer tokens than asked
+(a piece must occur --min_frequency times).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+PROG = "bert-train-vocab"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Train a WordPiece vocabulary (vocab.txt) for BERT.")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="text files or directories of *.txt files")
+    p.add_argument("--output_dir", required=True, help="directory to write vocab.txt into")
+    p.add_argument("--vocab_size", type=int, default=30522, help="largest vocabulary size, specials included")
+    p.add_argument("--min_frequency", type=int, default=2, help="a piece must occur this many times")
+    p.add_argument("--input_format", choices=("auto", "sentences", "paragraphs"), default="auto",
+                   help="how the text is cut into sentences (see bert-make-pretraining-data)")
+    p.add_argument("--no_lower_case", dest="lowercase", action="store_false",
+                   help="keep case and accents (a cased vocabulary)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    from ..corpus import CorpusError
+    from ..tokenization import VocabError, load_tokenizer, read_vocab, train_vocab
+
+    try:
+        path = train_vocab(args.input, args.vocab_size, args.output_dir, lowercase=args.lowercase,
+                           min_frequency=args.min_frequency, input_format=args.input_format,
+                           progress=not args.quiet)
+        vocab = read_vocab(path)
+        example = load_tokenizer(path, args.lowercase).encode(
+            "Tokenization splits rare words into pieces.", add_special_tokens=False).tokens
+    except (CorpusError, VocabError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}: {len(vocab):,} tokens (asked for at most {args.vocab_size:,}); "
+          f"example: {' '.join(example)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
