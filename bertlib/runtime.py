@@ -18,12 +18,15 @@ Everything in bertlib gets OneFlow through :func:`import_oneflow` (or the module
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
+import io
 import os
 import sys
 import tempfile
 import time
+import warnings
 
 _FLOW = None
 
@@ -52,13 +55,21 @@ def _preload_cuda_libraries() -> list[str]:
 
 
 def _import_with_fd2_silenced():
-    """``import oneflow`` with file descriptor 2 sent to a temp file; re-raise with its text on failure."""
+    """``import oneflow`` with its output held back; re-raise with that output if the import fails.
+
+    Native code writes to file descriptor 2, which is sent to a temp file. Python-level output
+    (``sys.stderr`` writes, warnings such as tqdm's "IProgress not found" in a notebook, where
+    ``sys.stderr`` is the kernel's stream rather than fd 2) is held in memory the same way.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
+    py_stderr = io.StringIO()
     with tempfile.TemporaryFile(mode="w+b") as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            import oneflow  # noqa: F401  (the import is the point)
+            with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(py_stderr):
+                warnings.simplefilter("always")
+                import oneflow  # noqa: F401  (the import is the point)
             error = None
         except Exception as exc:  # noqa: BLE001 - re-raised below with the captured text
             error = exc
@@ -67,7 +78,11 @@ def _import_with_fd2_silenced():
             os.close(saved)
         if error is not None:
             sink.seek(0)
-            captured = sink.read().decode("utf-8", "replace").strip()
+            captured = "\n".join(filter(None, [
+                sink.read().decode("utf-8", "replace").strip(),
+                py_stderr.getvalue().strip(),
+                *(f"{w.category.__name__}: {w.message}" for w in caught),
+            ]))
             if captured:
                 message = f"{error}\n--- OneFlow wrote while importing ---\n{captured}"
                 error.args = (message,)

@@ -113,6 +113,49 @@ def test_fd2_output_is_replayed_when_the_import_fails(tmp_path):
     assert "native loader said" not in proc.stderr
 
 
+def _fake_noisy_oneflow(tmp_path: Path, fail: bool) -> Path:
+    """A stand-in ``oneflow`` that is noisy the three ways the real one can be."""
+    fake = tmp_path / "noisy" / "oneflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(textwrap.dedent(f"""
+        import os, sys, warnings
+        os.write(2, b"native: libibverbs not available\\n")        # C printf on fd 2
+        print("python: glog-like line", file=sys.stderr)            # Python-level stderr
+        warnings.warn("IProgress not found", UserWarning)           # what tqdm.auto does in a kernel
+        if {fail!r}:
+            raise ImportError("core broken")
+        Tensor = object
+    """))
+    return tmp_path / "noisy"
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_python_level_noise_is_held_back_too(tmp_path, fail):
+    # In a notebook sys.stderr is the kernel's stream, not fd 2: stand in for it with a StringIO.
+    proc = run_python("""
+        import io, sys
+        kernel_stream = io.StringIO()
+        sys.stderr = kernel_stream
+        from bertlib.runtime import import_oneflow
+        try:
+            import_oneflow()
+            outcome = "imported"
+        except ImportError as exc:
+            outcome = f"failed: {exc}"
+        sys.stderr = sys.__stderr__
+        print("KERNEL STREAM:", repr(kernel_stream.getvalue()))
+        print(outcome)
+    """, {"PYTHONPATH": str(_fake_noisy_oneflow(tmp_path, fail))})
+    assert proc.returncode == 0, proc.stderr
+    assert "KERNEL STREAM: ''" in proc.stdout
+    assert "libibverbs" not in proc.stderr and "IProgress" not in proc.stderr
+    if fail:  # nothing is lost when it matters: all three kinds are in the error
+        for text in ("core broken", "libibverbs not available", "glog-like line", "IProgress not found"):
+            assert text in proc.stdout, text
+    else:
+        assert "imported" in proc.stdout
+
+
 @pytest.fixture
 def fresh_runtime(monkeypatch):
     """import_oneflow as if OneFlow had never been imported; the real module is restored afterwards."""
