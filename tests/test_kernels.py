@@ -1,0 +1,153 @@
+"""bertlib.kernels' CPU formulations against OneFlow's built-in ops: values and gradients, eager and graph.
+
+The Hugging Face parity test (test_model.py) checks the forward pass of the whole model; the
+backward passes of the hand-written autograd Functions are checked here, op by op, against the
+built-ins they replace, and once more through a full pre-training step of a small BERT.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bertlib import kernels
+from bertlib.config import BertConfig
+from bertlib.model import BertForPreTraining, flow, pretraining_loss
+
+F = flow.nn.functional
+RNG = np.random.RandomState(0)
+
+
+def _run(fn, arrays, grad_out):
+    """fn(*tensors) -> (output, [grads of every input]) for upstream gradient grad_out."""
+    tensors = [flow.tensor(a, requires_grad=True) for a in arrays]
+    out = fn(*tensors)
+    out.backward(flow.tensor(grad_out))
+    return out.numpy(), [t.grad.numpy() for t in tensors]
+
+
+def _close(ours, theirs, atol, rtol=1e-5):
+    ours_out, ours_grads = ours
+    ref_out, ref_grads = theirs
+    np.testing.assert_allclose(ours_out, ref_out, atol=atol, rtol=rtol)
+    for a, b in zip(ours_grads, ref_grads):
+        # parameter gradients sum over every row: allow for the different summation order
+        np.testing.assert_allclose(a, b, atol=atol * max(1.0, np.sqrt(a.size / a.shape[-1])), rtol=rtol)
+
+
+@pytest.mark.parametrize("shape", [(6, 32), (2, 5, 48)])
+def test_layer_norm_matches_builtin(shape):
+    H = shape[-1]
+    x = (RNG.randn(*shape) * 3 + 1).astype(np.float32)
+    w, b = RNG.randn(H).astype(np.float32), RNG.randn(H).astype(np.float32)
+    g = RNG.randn(*shape).astype(np.float32)
+    ours = _run(lambda x, w, b: kernels.layer_norm(x, w, b, 1e-12), [x, w, b], g)
+    theirs = _run(lambda x, w, b: F.layer_norm(x, (H,), w, b, 1e-12), [x, w, b], g)
+    _close(ours, theirs, atol=2e-5)
+
+
+def test_layer_norm_eps_is_used():
+    x = np.zeros((2, 8), np.float32)
+    x[:, 0] = 1e-3   # variance ~1e-7: eps 1e-5 dominates it, eps 1e-12 does not
+    w, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    for eps in (1e-12, 1e-5):
+        ours = _run(lambda x, w, b: kernels.layer_norm(x, w, b, eps), [x, w, b], np.ones_like(x))
+        theirs = _run(lambda x, w, b: F.layer_norm(x, (8,), w, b, eps), [x, w, b], np.ones_like(x))
+        np.testing.assert_allclose(ours[0], theirs[0], atol=1e-4, rtol=1e-4)
+
+
+def test_gelu_matches_builtin_over_a_wide_range():
+    x = np.concatenate([np.linspace(-12, 12, 1001), RNG.randn(999) * 3]).astype(np.float32).reshape(40, 50)
+    g = RNG.randn(40, 50).astype(np.float32)
+    _close(_run(kernels.gelu, [x], g), _run(F.gelu, [x], g), atol=1e-6)
+
+
+def test_softmax_matches_builtin():
+    x = (RNG.randn(3, 4, 7, 7) * 4).astype(np.float32)
+    x[..., -2:] -= 10000.0   # masked keys, as the attention mask adds
+    g = RNG.randn(*x.shape).astype(np.float32)
+    _close(_run(kernels.softmax, [x], g), _run(lambda t: flow.softmax(t, dim=-1), [x], g), atol=1e-6)
+
+
+def test_log_softmax_matches_builtin():
+    x = (RNG.randn(6, 301) * 5).astype(np.float32)
+    g = RNG.randn(*x.shape).astype(np.float32)
+    _close(_run(kernels.log_softmax, [x], g), _run(lambda t: flow.log_softmax(t, dim=-1), [x], g),
+           atol=1e-5)
+
+
+def _builtin_kernels(monkeypatch):
+    monkeypatch.setattr(kernels, "on_cpu", lambda x: False)
+
+
+def _pretraining_step_grads(seed=0):
+    """Loss and every parameter gradient of one pre-training step of a small BERT, dropout off."""
+    flow.manual_seed(seed)
+    cfg = BertConfig.tiny(vocab_size=300, num_hidden_layers=2, hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0)
+    model = BertForPreTraining(cfg)
+    rng = np.random.RandomState(seed)
+    B, S, P = 3, 16, 4
+    ids = flow.tensor(rng.randint(0, 300, (B, S)), dtype=flow.int64)
+    types = flow.tensor((np.arange(S) >= 8)[None].repeat(B, 0), dtype=flow.int64)
+    mask = np.ones((B, S), np.int64)
+    mask[0, -3:] = 0
+    mask = flow.tensor(mask)
+    pos = flow.tensor(np.stack([rng.choice(np.arange(1, 13), P, replace=False) for _ in range(B)]),
+                      dtype=flow.int64)
+    lm_ids = flow.tensor(rng.randint(0, 300, (B, P)), dtype=flow.int64)
+    weights = flow.tensor(np.array([[1, 1, 1, 0]] * B, np.float32))
+    nsp = flow.tensor(rng.randint(0, 2, (B,)), dtype=flow.int64)
+    out = model(ids, types, mask, pos)
+    loss, _, _ = pretraining_loss(out.prediction_logits, out.seq_relationship_logits, lm_ids, weights, nsp)
+    loss.backward()
+    return loss.item(), {n: p.grad.numpy() for n, p in model.named_parameters()}
+
+
+def test_whole_model_gradients_match_builtin_ops(monkeypatch):
+    loss_fast, grads_fast = _pretraining_step_grads()
+    _builtin_kernels(monkeypatch)
+    loss_ref, grads_ref = _pretraining_step_grads()
+    assert abs(loss_fast - loss_ref) <= 1e-5
+    for name, ref in grads_ref.items():
+        scale = max(1e-3, float(np.abs(ref).max()))
+        diff = float(np.abs(grads_fast[name] - ref).max())
+        assert diff <= 1e-4 * scale, f"{name}: max diff {diff:.3g} (max |grad| {scale:.3g})"
+
+
+def test_kernels_work_inside_nn_graph():
+    x = flow.tensor(RNG.randn(4, 6, 16).astype(np.float32))
+    w = flow.nn.Parameter(flow.tensor(RNG.randn(16).astype(np.float32)))
+    b = flow.nn.Parameter(flow.tensor(RNG.randn(16).astype(np.float32)))
+
+    class Tiny(flow.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.b = w, b
+
+        def forward(self, x):
+            h = kernels.gelu(kernels.layer_norm(x, self.w, self.b, 1e-12))
+            return kernels.log_softmax(kernels.softmax(h) * 3.0).sum()
+
+    module = Tiny()
+    eager = module(x)
+    eager.backward()
+    eager_grad = w.grad.numpy().copy()
+    w.grad = None
+    b.grad = None
+    sgd = flow.optim.SGD(module.parameters(), lr=1.0)
+
+    class Step(flow.nn.Graph):
+        def __init__(self):
+            super().__init__()
+            self.module = module
+            self.add_optimizer(sgd)
+
+        def build(self, x):
+            loss = self.module(x)
+            loss.backward()
+            return loss
+
+    before = w.numpy().copy()
+    graph_loss = Step()(x)
+    np.testing.assert_allclose(graph_loss.numpy(), eager.numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(before - w.numpy(), eager_grad, rtol=1e-4, atol=1e-5)
