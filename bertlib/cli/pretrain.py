@@ -139,6 +139,17 @@ def resolve_model_config(args, vocab_size: int | None):
     return config
 
 
+def resolved_model_flags(config) -> dict:
+    """The seed's model flags as the resolved config has them."""
+    return {"num_hidden_layers": config.num_hidden_layers,
+            "num_attention_heads": config.num_attention_heads,
+            "max_position_embeddings": config.max_position_embeddings,
+            "type_vocab_size": config.type_vocab_size, "vocab_size": config.vocab_size,
+            "attention_probs_dropout_prob": config.attention_probs_dropout_prob,
+            "hidden_dropout_prob": config.hidden_dropout_prob,
+            "hidden_size_per_head": config.head_size}
+
+
 def count_vocab(path) -> int:
     with open(path, encoding="utf-8") as f:
         return sum(1 for line in f if line.rstrip("\n"))
@@ -211,6 +222,10 @@ def run(args) -> list[dict]:
     device = runtime.resolve_device(args.device)
     data_dir, parts, vocab_size = prepare_data(args, world)
     config = resolve_model_config(args, vocab_size)
+    warmup = args.warmup_batches if args.warmup_batches is not None else max(1, args.iter_num // 10)
+    # the config block shows what runs, not which flags were left at their defaults
+    args = argparse.Namespace(**{**vars(args), "data_dir": str(data_dir), "data_part_num": parts,
+                                 "warmup_batches": warmup, **resolved_model_flags(config)})
     if runtime.is_main_process():
         print_config_block(args, args.node_num, args.gpu_num_per_node)
         print(f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
@@ -230,7 +245,6 @@ def run(args) -> list[dict]:
             next(it)
         return it
 
-    warmup = args.warmup_batches if args.warmup_batches is not None else max(1, args.iter_num // 10)
     options = TrainOptions(
         iter_num=args.iter_num, batch_size_per_device=args.batch_size_per_device,
         learning_rate=args.learning_rate, weight_decay_rate=args.weight_decay_rate,
