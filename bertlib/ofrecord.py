@@ -61,6 +61,7 @@ __all__ = [
     "decode_record",
     "encode_varints",
     "encode_packed_entry",
+    "explain_record",
     "OFRecordWriter",
     "iter_raw_records",
     "iter_records",
@@ -437,6 +438,53 @@ def decode_record(data: bytes) -> dict[str, object]:
             raise DataError(f"feature {key!r} (map entry at byte {start}) holds no value list")
         record[key] = value
     return record
+
+
+def explain_record(data: bytes, with_header: bool = True) -> list[tuple[int, str, str]]:
+    """Label every byte of one record, for reading it by eye: ``[(offset, hex bytes, meaning)]``.
+
+    ``data`` is a payload as :func:`encode_record` makes it (canonical layout); with
+    ``with_header`` the rows start with the 8-byte length that precedes it in a file.
+    """
+    data = bytes(data)
+    rows: list[tuple[int, str, str]] = []
+    base = 0
+    if with_header:
+        rows.append((0, _HEADER.pack(len(data)).hex(" "), f"record length = {len(data)} (int64, little-endian)"))
+        base = 8
+
+    def row(start: int, end: int, meaning: str) -> None:
+        rows.append((base + start, data[start:end].hex(" "), meaning))
+
+    def length_prefix(pos: int, what: str, tag_meaning: str) -> int:
+        size, after = _read_varint(data, pos + 1, len(data))
+        row(pos, after, f"{tag_meaning}; {what} = {size} bytes")
+        return after
+
+    pos = 0
+    scan = _scan_canonical(data)
+    if scan is None:
+        raise DataError("explain_record needs the canonical layout that encode_record writes")
+    while pos < len(data):
+        pos = length_prefix(pos, "entry", "field 1 (feature map entry), wire type 2")
+        klen, after = _read_varint(data, pos + 1, len(data))
+        key = data[after:after + klen].decode("utf-8")
+        row(pos, after, f"  field 1 (key), wire type 2; {klen} bytes")
+        row(after, after + klen, f"  key = {key!r}")
+        pos = length_prefix(after + klen, "Feature", "  field 2 (value: a Feature), wire type 2")
+        kind = data[pos] >> 3
+        pos = length_prefix(pos, _KIND_NAME[kind], f"    field {kind} ({_KIND_NAME[kind]}), wire type 2")
+        _, start, end = scan[key]
+        if kind != _BYTES and end > start:
+            row(pos, start, "      field 1 (value, packed), wire type 2; length")
+        if end > start:
+            values = _decode_list(kind, data, start, end) if kind == _BYTES else _decode_packed(kind, data[start:end])
+            shown = values if kind == _BYTES else values.tolist()
+            how = {_INT32: "varints", _INT64: "varints", _FLOAT: "float32 LE", _DOUBLE: "float64 LE",
+                   _BYTES: "bytes"}[kind]
+            row(start if kind != _BYTES else pos, end, f"      values ({how}) = {shown}")
+        pos = end
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bertlib.ofrecord import (DataError, OFRecordWriter, Schema, decode_record, encode_packed_entry,
-                              encode_record, encode_varints, iter_records, part_paths, rank_part_ranges,
+                              encode_record, encode_varints, explain_record, iter_records, part_paths, rank_part_ranges,
                               read_records, validate_data_dir, write_shards)
 
 
@@ -104,6 +104,16 @@ def test_fast_entry_encoder_matches_encode_record():
         encode_packed_entry("w", "float_list", np.ones(3, np.float32).tobytes())
     assert fast == encode_record({"ids": ids, "w": np.ones(3, np.float32)})
     assert encode_packed_entry("e", "int32_list", b"") == encode_record({"e": np.zeros(0, np.int32)})
+
+
+def test_explain_record_labels_every_byte_once():
+    payload = encode_record({"input_ids": np.array([101, 7592, 102], np.int32), "w": np.ones(2, np.float32),
+                             "s": [b"hi", b""], "e": np.zeros(0, np.int64)})
+    rows = explain_record(payload)
+    assert "".join(h.replace(" ", "") for _, h, _ in rows) == (struct.pack("<q", len(payload)) + payload).hex()
+    offsets = [o for o, _, _ in rows]
+    assert offsets == sorted(offsets) and rows[0][2] == f"record length = {len(payload)} (int64, little-endian)"
+    assert any("values (varints) = [101, 7592, 102]" in m for _, _, m in rows)
 
 
 def test_writer_framing(tmp_path):
