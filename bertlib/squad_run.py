@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .loaders import count_parts
 from .ofrecord import DataError, part_paths, read_records, validate_data_dir
 from .squad.examples import SquadDataError
 from .squad.features import MANIFEST_NAME, squad_eval_schema, squad_train_schema
@@ -36,7 +37,6 @@ __all__ = [
     "minilm_dir",
     "resolve_init_checkpoint",
     "checkpoint_lowercases",
-    "count_parts",
     "subset_squad_json",
     "build_squad_data",
     "check_squad_data",
@@ -140,12 +140,6 @@ def load_qa_model(model_dir, seed: int | None = None, quiet: bool = False):
 
 
 # --------------------------------------------------------------------------------------- data
-def count_parts(data_dir, prefix: str = "part-") -> int:
-    """Number of ``part-<i>`` files (OneFlow's default naming, no zero padding)."""
-    return sum(1 for p in Path(data_dir).glob(prefix + "*")
-               if p.is_file() and p.name[len(prefix):].isdigit())
-
-
 def _sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -194,6 +188,13 @@ def subset_squad_json(src, max_questions: int, dst) -> Path:
     return dst
 
 
+def _parts_or_zero(data_dir) -> int:
+    try:
+        return count_parts(data_dir)
+    except DataError:
+        return 0
+
+
 def _reusable(manifest_path: Path, wanted: dict) -> bool:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -218,7 +219,7 @@ def build_squad_data(input_file, vocab_file, output_dir, is_training: bool, *, m
               "max_seq_length": max_seq_length, "doc_stride": doc_stride,
               "max_query_length": max_query_length, "do_lower_case": do_lower_case,
               "data_part_num": data_part_num}
-    if _reusable(output_dir / MANIFEST_NAME, wanted) and count_parts(output_dir) == data_part_num:
+    if _reusable(output_dir / MANIFEST_NAME, wanted) and _parts_or_zero(output_dir) == data_part_num:
         return json.loads((output_dir / MANIFEST_NAME).read_text(encoding="utf-8")), True
     tokenizer = load_tokenizer(vocab_file, lowercase=do_lower_case)
     manifest = make_squad_data(input_file, tokenizer, output_dir, is_training=is_training,
@@ -268,9 +269,7 @@ def check_squad_data(data_dir, is_training: bool, max_seq_length: int, num_ranks
             raise SquadDataError(
                 f"--predict_file {predict_file} is not the file {data_dir} was made from "
                 f"({manifest.get('input_file')}): the predictions could not be mapped to its text")
-    parts = count_parts(data_dir)
-    if parts == 0:
-        raise DataError(f"{data_dir} has no part-* files")
+    parts = count_parts(data_dir)  # DataError when there is none
     schema = squad_train_schema(max_seq_length) if is_training else squad_eval_schema(max_seq_length)
     summary = validate_data_dir(data_dir, schema, data_part_num=parts, num_ranks=num_ranks,
                                 vocab_size=vocab_size)

@@ -249,13 +249,7 @@ def _log_line(r: dict) -> str:
 
 def _train_batches(data_dir, parts, batch_size, seq_length, seed, device, skip):
     """This rank's training batches (cycling, shuffled) from bertlib.loaders.SquadLoader."""
-    try:
-        from ..loaders import SquadLoader
-    except ImportError:  # bertlib.loaders not landed yet: the same OneFlow reader, inline
-        it = _reader_batches(data_dir, parts, batch_size, seq_length, seed, device)
-        for _ in range(skip):
-            next(it)
-        return it
+    from ..loaders import SquadLoader
 
     loader = SquadLoader(data_dir, batch_size=batch_size, seq_length=seq_length, is_training=True,
                          data_part_num=parts, shuffle=True, seed=seed, device=device, validate=False)
@@ -263,20 +257,6 @@ def _train_batches(data_dir, parts, batch_size, seq_length, seed, device, skip):
     for _ in range(skip):
         next(it)
     return it
-
-
-def _reader_batches(data_dir, parts, batch_size, seq_length, seed, device):
-    """Stand-in for SquadLoader: OneFlow's OFRecordReader (this rank's parts), int64 batches."""
-    flow = runtime.import_oneflow()
-    reader = flow.nn.OFRecordReader(str(data_dir), batch_size=batch_size, data_part_num=parts,
-                                    part_name_prefix="part-", random_shuffle=True,
-                                    shuffle_after_epoch=True, random_seed=seed)
-    shapes = {"input_ids": seq_length, "input_mask": seq_length, "segment_ids": seq_length,
-              "start_positions": 1, "end_positions": 1}
-    decoders = {k: flow.nn.OFRecordRawDecoder(k, [n], dtype=flow.int32) for k, n in shapes.items()}
-    while True:
-        record = reader()
-        yield {k: d(record).to(flow.int64).to(device) for k, d in decoders.items()}
 
 
 def run(args, info: dict) -> dict:
@@ -310,6 +290,8 @@ def run(args, info: dict) -> dict:
             print(f"fine-tuning: {num_features} features, global batch {global_batch}, {iter_num} steps "
                   f"({iter_num * global_batch / num_features:.2f} epochs), warm-up {warmup}", flush=True)
         parts = info["train"]["data_part_num"]
+        if main_rank and not args.model_load_dir:
+            (out / "metrics.jsonl").unlink(missing_ok=True)  # the trainer appends: start a new log
 
         def make_batches(skip):
             return _train_batches(info["train_data_dir"], parts, args.batch_size_per_device,
