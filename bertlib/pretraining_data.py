@@ -527,7 +527,7 @@ def create_pretraining_data(inputs, vocab_file: str | os.PathLike, output_dir: s
     """
     _check_args(seq_length, max_predictions_per_seq, data_part_num, dupe_factor, masked_lm_prob,
                 short_seq_prob, input_format)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bars: no widget dependency in notebooks
 
     started = time.perf_counter()
     files = find_text_files(inputs)
