@@ -124,18 +124,17 @@ def _encode_varints(values: np.ndarray) -> bytes:
     """Packed varints of a 1-D integer array (this is the hot loop of data making, hence the care)."""
     if values.size == 0:
         return b""
-    if values.dtype == np.int32:
-        # One reduction instead of min and max: negatives look huge as uint32.
-        lo, hi = 0, int(values.view(np.uint32).max())
-    else:
-        lo, hi = int(values.min()), int(values.max())
-    if 0 <= lo and hi < _SMALL_LIMIT:
-        if hi < 0x80:
-            return values.astype(np.uint8).tobytes()
-        if not _SMALL_VARINTS:
-            _SMALL_VARINTS.extend(_varint(i) for i in range(_SMALL_LIMIT))
-        table = _SMALL_VARINTS
-        return b"".join([table[i] for i in values.tolist()])
+    if values.size <= 512:
+        # Short lists (token ids of one record): Python's min/max/join beat NumPy's per-call overhead.
+        items = values.tolist()
+        lo, hi = min(items), max(items)
+        if 0 <= lo and hi < _SMALL_LIMIT:
+            if hi < 0x80:
+                return bytes(items)
+            if not _SMALL_VARINTS:
+                _SMALL_VARINTS.extend(_varint(i) for i in range(_SMALL_LIMIT))
+            table = _SMALL_VARINTS
+            return b"".join([table[i] for i in items])
     # General case, vectorised.
     # Negative numbers are encoded as their 64-bit two's complement, as protobuf does for int32 too.
     u = values.astype(np.int64, copy=False).view(np.uint64)

@@ -46,6 +46,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import random
 import struct
 import sys
 import time
@@ -178,11 +179,15 @@ def _mask(ids: np.ndarray, la: int, cfg: _Settings, rng: np.random.Generator):
     Returns (positions int32[k] ascending, original ids int32[k]).
     """
     length = ids.size
-    candidates = np.concatenate((np.arange(1, 1 + la), np.arange(2 + la, length - 1)))
-    num = min(cfg.max_predictions, max(1, int(round(length * cfg.masked_lm_prob))))
+    n = length - 3  # candidates: every token of A and B, never [CLS]/[SEP]
+    num = min(cfg.max_predictions, max(1, int(round(length * cfg.masked_lm_prob))), n)
     if not cfg.whole_word_mask:
-        chosen = np.sort(rng.choice(candidates, size=min(num, candidates.size), replace=False))
+        # A uniform random subset of the candidates, in "candidate index" space: index i < la is
+        # position 1 + i (in A), the others skip A's [SEP].
+        index = np.sort(np.argpartition(rng.random(n), num - 1)[:num])
+        chosen = index + 1 + (index >= la)
     else:
+        candidates = np.concatenate((np.arange(1, 1 + la), np.arange(2 + la, length - 1)))
         # A word starts at a non-"##" piece, or at the first token of a segment.
         starts = ~cfg.is_continuation[ids[candidates]]
         starts[0] = True
@@ -218,16 +223,21 @@ class _Instance(NamedTuple):
 
 
 def _window_instances(corpus: _Corpus, cfg: _Settings, doc: int, s0: int, s1: int,
-                      rng: np.random.Generator) -> Iterator[_Instance]:
-    """Google's per-document walk over sentences ``s0..s1-1`` of document ``doc``."""
+                      rngs: tuple[random.Random, np.random.Generator]) -> Iterator[_Instance]:
+    """Google's per-document walk over sentences ``s0..s1-1`` of document ``doc``.
+
+    ``rngs``: Python's generator for the scalar draws (NumPy's costs ~10x more per scalar), NumPy's
+    for the masks.
+    """
+    py, rng = rngs
     sb, tokens, db = corpus.sent_bounds, corpus.tokens, corpus.doc_bounds
     num_docs = len(db) - 1
     max_tokens = cfg.seq_length - 3
     cls_sep = np.array([cfg.cls_id], np.int32), np.array([cfg.sep_id], np.int32)
 
     def target_length() -> int:
-        if rng.random() < cfg.short_seq_prob:
-            return int(rng.integers(2, max_tokens + 1))
+        if py.random() < cfg.short_seq_prob:
+            return py.randint(2, max_tokens)
         return max_tokens
 
     target = target_length()
@@ -236,14 +246,14 @@ def _window_instances(corpus: _Corpus, cfg: _Settings, doc: int, s0: int, s1: in
         chunk_tokens += int(sb[i + 1] - sb[i])
         if i == s1 - 1 or chunk_tokens >= target:
             n_seg = i + 1 - chunk_start
-            a_end = chunk_start + (int(rng.integers(1, n_seg)) if n_seg >= 2 else 1)
+            a_end = chunk_start + (py.randint(1, n_seg - 1) if n_seg >= 2 else 1)
             a0, a1 = int(sb[chunk_start]), int(sb[a_end])
-            if n_seg == 1 or rng.random() < 0.5:
+            if n_seg == 1 or py.random() < 0.5:
                 random_next = 1
-                other = int(rng.integers(0, num_docs - 1))
+                other = py.randrange(num_docs - 1)
                 other += other >= doc  # uniform over the other documents
                 lo, hi = int(db[other]), int(db[other + 1])
-                j = int(rng.integers(lo, hi))
+                j = py.randrange(lo, hi)
                 b0 = int(sb[j])
                 need = target - (a1 - a0)
                 while j < hi:
@@ -257,8 +267,10 @@ def _window_instances(corpus: _Corpus, cfg: _Settings, doc: int, s0: int, s1: in
                 b0, b1 = a1, int(sb[i + 1])
             la, lb = _truncated_lengths(a1 - a0, b1 - b0, max_tokens)
             # Each removed token came off the front or the back with probability 1/2.
-            a0 += int(rng.binomial(a1 - a0 - la, 0.5))
-            b0 += int(rng.binomial(b1 - b0 - lb, 0.5))
+            if a1 - a0 > la:
+                a0 += int(rng.binomial(a1 - a0 - la, 0.5))
+            if b1 - b0 > lb:
+                b0 += int(rng.binomial(b1 - b0 - lb, 0.5))
             ids = np.concatenate((cls_sep[0], tokens[a0:a0 + la], cls_sep[1], tokens[b0:b0 + lb], cls_sep[1]))
             positions, originals = _mask(ids, la, cfg, rng)
             yield _Instance(ids, la, lb, positions, originals, random_next)
@@ -307,8 +319,9 @@ def _payload(inst: _Instance, cfg: _Settings) -> bytes:
     ))
 
 
-def _window_rng(seed: int, dupe_pass: int, window: int) -> np.random.Generator:
-    return np.random.default_rng([seed, dupe_pass, window])
+def _window_rng(seed: int, dupe_pass: int, window: int) -> tuple[random.Random, np.random.Generator]:
+    """The generators of one window of one pass: a function of the seed and the data only."""
+    return random.Random(f"{seed}/{dupe_pass}/{window}"), np.random.default_rng([seed, dupe_pass, window])
 
 
 # --------------------------------------------------------------------------------------------------
