@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""BERT pre-training throughput on this machine: bertlib (OneFlow) and Hugging Face (PyTorch), one run.
+
+Same work on both sides: the same BERT config, sequence length 128, 20 masked positions per
+example, the same global batch, AdamW (weight decay 0.01 on matrices, eps 1e-6), fp32, dropout 0.1,
+timed in steady state after warm-up steps on synthetic batches. Runs:
+
+* bertlib in its best configuration for this machine (one process per core, data parallel; eager
+  or nn.Graph), or with ``--levers`` the whole matrix of configurations (1 vs 2 processes, eager vs
+  graph, bertlib's CPU kernels vs OneFlow's built-in ones) that shows what each lever gives;
+* Hugging Face ``transformers`` on PyTorch, threads = cores, in a separate Python 3.11 venv
+  (``.bench-venv-ref``, made by bench/setup_reference_env.sh on first use): (a) the same work as
+  bertlib (MLM head on the gathered masked positions only) and (b) BertForPreTraining as users call
+  it (MLM logits at every position, labels -100 elsewhere).
+
+Prints samples/s, tokens/s, model FLOP utilisation (model FLOPs per second over the measured sgemm
+peak of the same cores), peak RSS per process, and the ratios bertlib / (a) and bertlib / (b).
+
+    python bench/pretrain_throughput.py                          # tiny + base, ~10 min on 2 cores
+    python bench/pretrain_throughput.py --configs tiny --steps 5 # quick look
+    python bench/pretrain_throughput.py --levers                 # every lever, one at a time
+
+Only the standard library is needed here: each measurement runs in a fresh worker process
+(bench/_bertlib_worker.py in this venv, bench/_hf_worker.py in the reference venv).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import _common  # noqa: E402
+
+# Per config: global batch, steps timed, warm-up steps, and bertlib's best configuration on a
+# 2-core CPU (measured with --levers; see bench/RESULTS.md): one process per core, eager.
+DEFAULTS = {
+    "tiny": dict(global_batch=64, steps=10, warmup=3),
+    "base": dict(global_batch=32, steps=3, warmup=2),
+}
+BEST = {  # (mode, processes, micro-batch per process)
+    "tiny": ("eager", 2, 32),
+    "base": ("eager", 2, 16),
+}
+HF_MICRO = {"tiny": 64, "base": 32}   # PyTorch's fastest micro-batch here (whole global batch)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="tiny,base", help="comma-separated: tiny, base")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default per config)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default per config)")
+    ap.add_argument("--global-batch", type=int, default=None, help="examples per optimizer step")
+    ap.add_argument("--levers", action="store_true",
+                    help="run every bertlib configuration (processes, eager/graph, kernels), not just the best")
+    ap.add_argument("--bertlib", action="append", default=None, metavar="MODE:PROCS:MICRO",
+                    help="explicit bertlib run(s), e.g. eager:2:16 or graph:1:8 (repeatable)")
+    ap.add_argument("--hf-variants", default="gathered,full", help="HF runs: gathered (a), full (b); '' for none")
+    ap.add_argument("--hf-micro-batch", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads (default: cores)")
+    ap.add_argument("--ref-python", default=os.path.join(REPO, ".bench-venv-ref", "bin", "python"),
+                    help="interpreter with torch + transformers (created by setup_reference_env.sh if missing)")
+    ap.add_argument("--json", default=None, help="also write every measurement to this JSON file")
+    ap.add_argument("--markdown", default=None, help="also write the result table (markdown) here")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds allowed per run")
+    return ap.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------ runs
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd, timeout, env=None) -> tuple[int, str]:
+    """Run cmd in its own session (so a timeout kills every rank); return (exit code, output tail)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True, cwd=REPO)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return -1, f"timed out after {timeout} s\n{out[-3000:]}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)   # nothing of the job may outlive it
+        except (ProcessLookupError, PermissionError):
+            pass
+    lines = [l for l in out.splitlines() if "libibverbs" not in l]
+    return proc.returncode, "\n".join(lines[-40:])
+
+
+def run_bertlib(config, mode, procs, micro, gb, steps, warmup, timeout, builtin=False, sgemm=False):
+    out_dir = tempfile.mkdtemp(prefix="bertlib-bench-")
+    worker = os.path.join(HERE, "_bertlib_worker.py")
+    args = ["--config", config, "--mode", mode, "--global-batch", str(gb), "--micro-batch", str(micro),
+            "--steps", str(steps), "--warmup", str(warmup), "--out", out_dir]
+    if builtin:
+        args.append("--builtin-kernels")
+    if sgemm:
+        args.append("--sgemm")
+    env = dict(os.environ, GLOG_minloglevel="2", OMP_NUM_THREADS="1")
+    if procs == 1:
+        cmd = [sys.executable, worker, *args]
+    else:
+        cmd = [sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", str(procs),
+               "--master_port", str(_free_port()), worker, *args]
+    code, tail = _run(cmd, timeout, env)
+    try:
+        ranks = [json.load(open(os.path.join(out_dir, f"rank{r}.json"))) for r in range(procs)]
+    except FileNotFoundError:
+        ranks = None
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if code != 0 or ranks is None:
+        return dict(framework="bertlib", config=config, mode=mode, processes=procs, error=tail)
+    result = dict(ranks[0])
+    result["peak_rss_mb"] = [r["peak_rss_mb"] for r in ranks]
+    # every rank steps together (gradients are averaged each step): the slowest rank sets the pace
+    result["step_s_median"] = max(r["step_s_median"] for r in ranks)
+    if sgemm:
+        result["sgemm_gflops"] = sum(r["sgemm_gflops"] for r in ranks)
+    return result
+
+
+def run_hf(ref_python, config, variant, gb, micro, threads, steps, warmup, timeout, sgemm=False):
+    out_dir = tempfile.mkdtemp(prefix="hf-bench-")
+    cmd = [ref_python, os.path.join(HERE, "_hf_worker.py"), "--config", config, "--variant", variant,
+           "--global-batch", str(gb), "--micro-batch", str(micro), "--threads", str(threads),
+           "--steps", str(steps), "--warmup", str(warmup), "--out", out_dir]
+    if sgemm:
+        cmd.append("--sgemm")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["OMP_NUM_THREADS"] = str(threads)
+    code, tail = _run(cmd, timeout, env)
+    path = os.path.join(out_dir, f"hf-{variant}.json")
+    result = json.load(open(path)) if os.path.exists(path) else None
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if code != 0 or result is None:
+        return dict(framework="hf", config=config, variant=variant, error=tail)
+    result["peak_rss_mb"] = [result["peak_rss_mb"]]
+    return result
+
+
+def ensure_reference_env(ref_python: str):
+    if os.path.exists(ref_python):
+        return
+    default = os.path.join(REPO, ".bench-venv-ref", "bin", "python")
+    if os.path.abspath(ref_python) != default:
+        raise SystemExit(f"--ref-python {ref_python} does not exist")
+    print("reference venv missing: running bench/setup_reference_env.sh (torch + transformers, Python 3.11)",
+          flush=True)
+    subprocess.run(["bash", os.path.join(HERE, "setup_reference_env.sh")], check=True, cwd=REPO)
+
+
+# ---------------------------------------------------------------------------------------- report
+def _label(r):
+    if r["framework"] == "hf":
+        return {"gathered": "HF/PyTorch (a) same work", "full": "HF/PyTorch (b) as users call it"}[r["variant"]]
+    kernels = ", built-in kernels" if r.get("builtin_kernels") else ""
+    return f"bertlib {r['mode']}, {r['processes']} proc{'s' if r['processes'] > 1 else ''}{kernels}"
+
+
+def summarise(results, peak_gflops):
+    """Add samples/s, tokens/s, MFU to each successful result."""
+    for r in results:
+        if "error" in r:
+            continue
+        cfg = _common.CONFIGS[r["config"]]
+        r["samples_per_s"] = r["global_batch"] / r["step_s_median"]
+        r["tokens_per_s"] = r["samples_per_s"] * _common.SEQ_LEN
+        r["model_tflops"] = r["samples_per_s"] * _common.flops_per_sample(cfg) / 1e12
+        if peak_gflops:
+            r["mfu"] = r["model_tflops"] * 1e3 / peak_gflops
+
+
+def table(results, config, best_key) -> list[str]:
+    rows = [r for r in results if r["config"] == config]
+    a = next((r for r in rows if r.get("variant") == "gathered" and "error" not in r), None)
+    b = next((r for r in rows if r.get("variant") == "full" and "error" not in r), None)
+    lines = [f"| run | procs x threads | micro-batch x accum. | samples/s | tokens/s | MFU | peak RSS / proc (MiB) | vs (a) | vs (b) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {_label(r)} | failed: {r['error'].splitlines()[-1][:80] if r['error'] else '?'} |||||||")
+            continue
+        ra = f"{r['samples_per_s'] / a['samples_per_s']:.2f}x" if a else "-"
+        rb = f"{r['samples_per_s'] / b['samples_per_s']:.2f}x" if b else "-"
+        mark = " **(best)**" if id(r) == best_key.get(config) else ""
+        rss = " / ".join(f"{m:.0f}" for m in r["peak_rss_mb"])
+        mfu = f"{100 * r['mfu']:.0f}%" if "mfu" in r else "-"
+        lines.append(f"| {_label(r)}{mark} | {r['processes']} x {r['threads']} | {r['micro_batch']} x "
+                     f"{r['accumulation']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {mfu} | "
+                     f"{rss} | {ra} | {rb} |")
+    return lines
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    for c in configs:
+        if c not in _common.CONFIGS:
+            raise SystemExit(f"unknown config {c!r}; choose from {sorted(_common.CONFIGS)}")
+    variants = [v.strip() for v in args.hf_variants.split(",") if v.strip()]
+    if variants:
+        ensure_reference_env(args.ref_python)
+    cores = os.cpu_count()
+    started = datetime.datetime.now()
+    print(f"# bertlib pre-training throughput, {started:%Y-%m-%d %H:%M}, {platform.node()}, {cores} cores, "
+          f"{_cpu_model()}", flush=True)
+    results, sgemm = [], {}
+    best_key = {}
+    for config in configs:
+        d = DEFAULTS[config]
+        gb = args.global_batch or d["global_batch"]
+        steps, warmup = args.steps or d["steps"], args.warmup if args.warmup is not None else d["warmup"]
+        if args.bertlib:
+            runs = []
+            for spec in args.bertlib:
+                mode, procs, micro = spec.split(":")
+                runs.append((mode, int(procs), int(micro), False))
+        elif args.levers:
+            m2 = BEST[config][2]
+            runs = [("eager", 1, 2 * m2 if gb % (2 * m2) == 0 else m2, True),   # the naive port
+                    ("eager", 1, 2 * m2 if gb % (2 * m2) == 0 else m2, False),  # + CPU kernels
+                    ("graph", 1, 2 * m2 if gb % (2 * m2) == 0 else m2, False),
+                    ("eager", 2, m2, True),                                     # 2 ranks, built-in kernels
+                    ("eager", 2, m2, False),
+                    ("graph", 2, m2, False)]
+        else:
+            mode, procs, micro = BEST[config]
+            runs = [(mode, procs, micro, False)]
+        for i, (mode, procs, micro, builtin) in enumerate(runs):
+            print(f"[{config}] bertlib {mode} x{procs} micro-batch {micro}{' built-in kernels' if builtin else ''} ...",
+                  flush=True)
+            r = run_bertlib(config, mode, procs, min(micro, gb // procs), gb, steps, warmup, args.timeout,
+                            builtin, sgemm=(procs == cores and "oneflow" not in sgemm))
+            if "sgemm_gflops" in r:
+                sgemm["oneflow"] = r["sgemm_gflops"]
+            _progress(r)
+            results.append(r)
+        for v in variants:
+            micro = min(args.hf_micro_batch or HF_MICRO[config], gb)
+            print(f"[{config}] HF {v} micro-batch {micro}, {args.threads} threads ...", flush=True)
+            r = run_hf(args.ref_python, config, v, gb, micro, args.threads, steps, warmup, args.timeout,
+                       sgemm="torch" not in sgemm)
+            if "sgemm_gflops" in r:
+                sgemm["torch"] = r["sgemm_gflops"]
+            _progress(r)
+            results.append(r)
+    peak = max(sgemm.values()) if sgemm else None
+    summarise(results, peak)
+    for config in configs:
+        ok = [r for r in results if r["config"] == config and r["framework"] == "bertlib" and "error" not in r]
+        if ok:
+            best_key[config] = id(max(ok, key=lambda r: r["samples_per_s"]))
+    out = [f"Command: `python bench/pretrain_throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", " `").rstrip(),
+           f"Machine: {platform.node()}, {cores} cores ({_cpu_model()}), {_mem_gb():.0f} GB RAM; "
+           f"date {started:%Y-%m-%d %H:%M}; load average at start {os.getloadavg()[0]:.1f}",
+           f"sgemm peak of the same {cores} cores (2048^3, best of 5): "
+           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in sorted(sgemm.items()))
+           + (f"; MFU uses {peak:.0f}" if peak else ""),
+           "Settings: seq 128, 20 masked positions, AdamW (wd 0.01, eps 1e-6), fp32, dropout 0.1; "
+           "MFU counts the model FLOPs of the same work for every row "
+           "(6 x weights x tokens, MLM head at the 20 masked positions, + attention).", ""]
+    for config in configs:
+        cfg = _common.CONFIGS[config]
+        gb = args.global_batch or DEFAULTS[config]["global_batch"]
+        out.append(f"### {config}: {cfg['num_hidden_layers']} layers / {cfg['hidden_size']} hidden / "
+                   f"{cfg['num_attention_heads']} heads, global batch {gb}, "
+                   f"{_common.flops_per_sample(cfg) / 1e9:.2f} GFLOP per example")
+        out.append("")
+        out.extend(table(results, config, best_key))
+        out.append("")
+    text = "\n".join(out)
+    print("\n" + text, flush=True)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(started=started.isoformat(), sgemm_gflops=sgemm, results=results), f, indent=1)
+    return 0 if all("error" not in r for r in results) else 1
+
+
+def _progress(r):
+    if "error" in r:
+        print(f"    FAILED:\n{r['error']}", flush=True)
+    else:
+        gb = r["global_batch"]
+        print(f"    {gb / r['step_s_median']:.2f} samples/s (median step {r['step_s_median']:.2f} s, warm-up "
+              f"{r['warmup_s']:.1f} s), peak RSS {' / '.join(f'{m:.0f}' for m in r['peak_rss_mb'])} MiB",
+              flush=True)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _mem_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    except (ValueError, OSError):
+        return 0.0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
