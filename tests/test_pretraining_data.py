@@ -178,3 +178,30 @@ def test_bad_input_gives_a_clear_error(tmp_path, case, error, pattern):
     with pytest.raises(error, match=pattern):
         create_pretraining_data([f], VOCAB, tmp_path / "out", input_format="sentences", **kwargs)
     assert not list((tmp_path / "out").glob("part-*")) if (tmp_path / "out").exists() else True
+
+
+def test_clis_make_validate_and_fail_in_one_line(tmp_path, capsys):
+    from bertlib.cli import make_pretraining_data, train_vocab, validate_data
+
+    corpus = DATA / "corpus" / "gutenberg" / "blake-poems.txt"
+    out = tmp_path / "data"
+    assert make_pretraining_data.main(["--input", str(corpus), "--vocab_file", str(VOCAB), "--output_dir", str(out),
+                                       "--quiet"]) == 2
+    assert "only one document" in capsys.readouterr().err  # one book = one document: no random B possible
+    corpus = [str(corpus), str(DATA / "corpus" / "gutenberg" / "shakespeare-caesar.txt")]
+    assert make_pretraining_data.main(["--input", *corpus, "--vocab_file", str(VOCAB), "--output_dir", str(out),
+                                       "--seq_length", "64", "--max_predictions_per_seq", "10",
+                                       "--data_part_num", "2", "--dupe_factor", "1", "--quiet"]) == 0
+    assert "instances from" in capsys.readouterr().out
+    assert validate_data.main(["--data_dir", str(out), "--vocab_file", str(VOCAB)]) == 0
+    assert "OK:" in capsys.readouterr().out
+    part = out / "part-1"
+    part.write_bytes(part.read_bytes()[:-1])
+    assert validate_data.main(["--data_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bert-validate-data: error: ") and "part-1: record" in err
+    assert make_pretraining_data.main(["--input", str(tmp_path / "nope"), "--output_dir", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith("nope does not exist")
+    assert train_vocab.main(["--input", *corpus, "--output_dir", str(tmp_path / "v"), "--vocab_size", "300",
+                             "--quiet"]) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "v" / "vocab.txt").is_file()

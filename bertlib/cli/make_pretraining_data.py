@@ -15,12 +15,14 @@ import os
 import sys
 from pathlib import Path
 
+from ._help import DefaultsFormatter
+
 PROG = "bert-make-pretraining-data"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=DefaultsFormatter,
         description="Make BERT pre-training OFRecords (masked LM + next sentence prediction) from "
                     "text, with the algorithm of Google's create_pretraining_data.")
     p.add_argument("--input", nargs="+", metavar="PATH",

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._help import DefaultsFormatter
+
 PROG = "bert-train-vocab"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsFormatter,
                                 description="Train a WordPiece vocabulary (vocab.txt) for BERT.")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
                    help="text files or directories of *.txt files")

@@ -15,12 +15,14 @@ import json
 import sys
 from pathlib import Path
 
+from ._help import DefaultsFormatter
+
 PROG = "bert-validate-data"
 SCHEMAS = ("pretraining", "squad-train", "squad-eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsFormatter,
                                 description="Validate OFRecord shards (pre-training or SQuAD).")
     p.add_argument("--data_dir", required=True, help="directory of part-* files")
     p.add_argument("--schema", choices=SCHEMAS, default=None,
