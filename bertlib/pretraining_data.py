@@ -64,8 +64,6 @@ __all__ = ["pretraining_schema", "create_pretraining_data", "make_instances", "r
            "PretrainingDataSummary", "METADATA_FILE"]
 
 METADATA_FILE = "bertlib_data.json"
-FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
-            "masked_lm_weights", "next_sentence_labels")
 _WINDOW_SENTENCES = 1000   # a long document is walked in windows of this many sentences
 _TASK_SENTENCES = 4000     # windows are batched into tasks of about this many sentences
 _SHUFFLE_BUFFER = 1 << 18  # records held for shuffling (~230 MB at seq 128); smaller data: a full shuffle
