@@ -354,11 +354,11 @@ def predict_raw_results(model, data_dir, batch_size: int = 64, device: str = "cp
 
 
 def gather_raw_results(unique_ids, start_logits, end_logits, seq_length: int, total: int,
-                       world: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+                       world: int, device: str = "cpu") -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """All-gather every rank's logits; return ``{unique_id: (start [S], end [S])}`` on every rank.
 
     ``flow.comm.all_gather`` needs equal shapes, so each rank pads to ``ceil(total / world)`` rows
-    with unique_id -1 (dropped after the gather).
+    with unique_id -1 (dropped after the gather). The tensors travel on ``device`` (NCCL on GPUs).
     """
     if world == 1:
         return {int(u): (s, e) for u, s, e in zip(unique_ids, start_logits, end_logits)}
@@ -372,13 +372,13 @@ def gather_raw_results(unique_ids, start_logits, end_logits, seq_length: int, to
     uid[:n] = unique_ids
     if n:
         logits[:n, 0], logits[:n, 1] = start_logits, end_logits
-    uid_out = [flow.zeros(rows, dtype=flow.int64) for _ in range(world)]
-    logit_out = [flow.zeros(rows, 2, seq_length, dtype=flow.float32) for _ in range(world)]
-    flow.comm.all_gather(uid_out, flow.tensor(uid))
-    flow.comm.all_gather(logit_out, flow.tensor(logits))
+    uid_out = [flow.zeros(rows, dtype=flow.int64, device=device) for _ in range(world)]
+    logit_out = [flow.zeros(rows, 2, seq_length, dtype=flow.float32, device=device) for _ in range(world)]
+    flow.comm.all_gather(uid_out, flow.tensor(uid, device=device))
+    flow.comm.all_gather(logit_out, flow.tensor(logits, device=device))
     table = {}
     for u_t, l_t in zip(uid_out, logit_out):
-        for u, pair in zip(u_t.numpy(), l_t.numpy()):
+        for u, pair in zip(u_t.cpu().numpy(), l_t.cpu().numpy()):
             if u >= 0:
                 table[int(u)] = (pair[0], pair[1])
     return table

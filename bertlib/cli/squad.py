@@ -346,7 +346,7 @@ def _predict_and_score(args, info, model, device, rank, world, flow, predict_raw
         progress=(lambda done: bar.update(done - bar.n)) if bar is not None else None)
     if bar is not None:
         bar.close()
-    table = gather_raw_results(uids, starts, ends, args.max_seq_length, total, world)
+    table = gather_raw_results(uids, starts, ends, args.max_seq_length, total, world, device)
     predict_seconds = time.perf_counter() - t0
     if rank != 0:
         return {}
@@ -395,7 +395,7 @@ def main(argv=None) -> int:
         return 0
     try:
         check_args(args)
-        info = prepare(args, total, progress=not args.no_progress)
+        info = prepare(args, total, progress=not args.no_progress and sys.stderr.isatty())
     except bad_input as exc:
         return _error(exc)
     if total > 1 and not in_launched_rank():
