@@ -102,7 +102,7 @@ def load_model_weights(model, weights_dir: Path):
         if tuple(tensors[name].shape) != tuple(state[target].shape):
             raise CheckpointError(f"{weights_dir / WEIGHTS_NAME}: {name} has shape {tensors[name].shape}, "
                                   f"the model expects {tuple(state[target].shape)}")
-        state[target] = flow.tensor(np.ascontiguousarray(tensors[name], dtype=np.float32))
+        state[target] = flow.from_numpy(np.array(tensors[name], dtype=np.float32, order="C"))
     missing = set(state) - set(mapping.values())
     if missing:
         raise CheckpointError(f"{weights_dir / WEIGHTS_NAME} lacks {', '.join(sorted(missing))}")

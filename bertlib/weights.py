@@ -52,6 +52,8 @@ def map_checkpoint_names(checkpoint_names, model_names):
         canon = _canonical(name)
         if canon.endswith(_IGNORED_SUFFIXES):
             continue
+        if canon in _TIED:  # a fallback: from_pretrained prefers the real tensor when both exist
+            canon = _TIED[canon]
         candidates = [canon, "bert." + canon, canon[len("bert."):] if canon.startswith("bert.") else None]
         target = next((c for c in candidates if c in model_names), None)
         if target is None:
@@ -123,7 +125,7 @@ class PretrainedMixin:
                     f"{weights_path}: tensor {ckpt_name} has shape {tuple(array.shape)}, but the model "
                     f"built from {config_path.name} expects {expected} for {target}"
                 )
-            state[target] = flow.tensor(np.ascontiguousarray(array, dtype=np.float32))
+            state[target] = flow.from_numpy(np.array(array, dtype=np.float32, order="C"))
             loaded.add(target)
         model.load_state_dict(state)
         missing = sorted(set(state) - loaded)

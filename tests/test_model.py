@@ -241,9 +241,6 @@ def test_missing_heads_are_listed_in_a_warning():
         BertForQuestionAnswering.from_pretrained(FIXTURES / "pretraining")
 
 
-@pytest.mark.xfail(strict=True, reason="weights.map_checkpoint_names never maps the tied names, so the "
-                   "fallback its docstring promises (cls.predictions.decoder.bias -> cls.predictions.bias) "
-                   "does not happen")
 def test_decoder_bias_stands_in_for_a_missing_prediction_bias(tmp_path):
     from safetensors.numpy import load_file, save_file
 
@@ -326,8 +323,6 @@ def test_dropout_only_in_train_mode(pretraining):
     assert np.abs(e1 - ref["prediction_logits"]).max() <= ATOL
 
 
-@pytest.mark.xfail(strict=True, reason="OneFlow 0.9's nn.init.trunc_normal_ is normal_().clamp_(a, b): "
-                   "about 4.6% of the values pile up exactly at +-2 std instead of being redrawn")
 def test_fresh_model_init_is_truncated_normal():
     from bertlib.config import BertConfig
 
