@@ -79,9 +79,9 @@ def build_train_graph(trainer, model, optimizer):
     """Return ``step(model, optimizer, batches) -> metrics`` that runs the compiled step."""
     opt, world = trainer.opt, trainer.world
     if opt.model_load_dir or opt.model_save_every_n_iter or opt.save_last_snapshot:
-        if world > 1:
-            raise ValueError("--mode graph with several processes cannot save or resume checkpoints "
-                             "yet; use --mode eager for runs that checkpoint")
+        # a graph keeps the optimizer moments inside itself, not in optimizer.state_dict()
+        raise ValueError("--mode graph cannot save or resume checkpoints yet (its optimizer state "
+                         "lives inside the compiled graph); use --mode eager for runs that checkpoint")
     for group in optimizer.param_groups:
         group["clip_grad_max_norm"] = opt.clip_grad_norm
         group["clip_grad_norm_type"] = 2.0

@@ -88,6 +88,12 @@ def test_graph_mode_trains(tmp_path):
     assert len(losses(out)) == 4
 
 
+def test_graph_mode_refuses_checkpoints_it_cannot_resume(tmp_path):
+    proc, _ = run_job(["--iters", "2", "--mode", "graph", "--save_dir", str(tmp_path), "--save_every", "1"])
+    assert proc.returncode != 0
+    assert "--mode graph cannot save or resume checkpoints" in proc.stderr
+
+
 def test_bad_checkpoints_give_clear_errors(tmp_path):
     from bertlib.checkpoint import CheckpointError, load_checkpoint
     from bertlib.config import BertConfig

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear warm-up steps (default: 10%% of iter_num), then linear decay to 0")
     g.add_argument("--optimizer", choices=("adamw", "lamb"), default="adamw", help="optimizer")
     g.add_argument("--use_fp16", type=str2bool, nargs="?", const=True, default=False,
-                   help="mixed precision with dynamic loss scaling (CUDA, graph mode)")
+                   help="mixed precision with dynamic loss scaling (CUDA only; implies --mode graph)")
     g.add_argument("--use_boxing_v2", type=str2bool, nargs="?", const=True, default=True,
                    help="accepted for compatibility with the seed; has no effect in OneFlow 0.9")
     g.add_argument("--mode", choices=("eager", "graph"), default="eager",
@@ -222,6 +222,11 @@ def run(args) -> list[dict]:
     device = runtime.resolve_device(args.device)
     data_dir, parts, vocab_size = prepare_data(args, world)
     config = resolve_model_config(args, vocab_size)
+    if args.use_fp16 and args.mode == "eager" and device.startswith("cuda"):
+        # OneFlow 0.9's loss scaler works in graphs only, so mixed precision means graph mode
+        args.mode = "graph"
+        if runtime.is_main_process():
+            print("--use_fp16: running in --mode graph (OneFlow's dynamic loss scaling needs it)")
     warmup = args.warmup_batches if args.warmup_batches is not None else max(1, args.iter_num // 10)
     # the config block shows what runs, not which flags were left at their defaults
     args = argparse.Namespace(**{**vars(args), "data_dir": str(data_dir), "data_part_num": parts,
