@@ -41,10 +41,20 @@ def str2bool(value) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where there is one and the help text does not already explain it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, "") or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bert-pretrain", description="BERT pre-training (MLM + NSP) on OneFlow.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog="Examples and multi-node launch: see the module docstring of bertlib.cli.pretrain "
+               "or the README.", formatter_class=_HelpFormatter)
     g = p.add_argument_group("devices and nodes (the seed's flags)")
     g.add_argument("--gpu_num_per_node", type=int, default=1,
                    help="processes per node, one per GPU (with --device cpu: CPU processes)")
