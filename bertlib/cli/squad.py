@@ -47,7 +47,10 @@ class UsageError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Fine-tune BERT on SQuAD v1.1, predict answers and score them "
-        "(official EM/F1) on OneFlow.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "(official EM/F1) on OneFlow.", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: bert-squad --do_train --do_eval --init_checkpoint minilm --train_file "
+        "train-v1.1.json --predict_file dev-v1.1.json --vocab_file vocab.txt --output_dir runs/squad "
+        "--gpu_num_per_node 2 --device cpu")
     g = p.add_argument_group("what to do")
     g.add_argument("--do_train", type=str2bool, nargs="?", const=True, default=False,
                    help="fine-tune on the training data")
