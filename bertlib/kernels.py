@@ -82,18 +82,54 @@ def _row_mean(x):
 
 
 def _row_sum(x):
-    """x [..., H] -> [..., 1] sum of each row, as a matmul with a column of ones."""
-    return flow.matmul(x, _const((x.shape[-1], 1), 1.0, x))
+    """x [..., H] -> [..., 1] sum of each row, as one matmul with a column of ones.
+
+    Leading axes are flattened first: one [M, H] x [H, 1] product, not a batch of tiny ones.
+    """
+    H = x.shape[-1]
+    return flow.matmul(x.reshape(-1, H), _const((H, 1), 1.0, x)).reshape(*x.shape[:-1], 1)
 
 
 def _spread(col, width: int):
     """col [..., 1] -> [..., width] with every row constant: a K=1 matmul instead of a broadcast."""
-    return flow.matmul(col, _const((1, width), 1.0, col))
+    out = flow.matmul(col.reshape(-1, 1), _const((1, width), 1.0, col))
+    return out.reshape(*col.shape[:-1], width)
 
 
 def _column_sum(x):
     """x [M, H] -> [H] sum over rows (the gradient of a row-broadcast parameter), as a matmul."""
     return flow.matmul(_const((1, x.shape[0]), 1.0, x), x).reshape(x.shape[1])
+
+
+# ---------------------------------------------------------------------------------------- linear
+class _CpuLinear(flow.autograd.Function):
+    """y = x W^T + b for x [M, in], W [out, in], b [out] (the built-in forward).
+
+    The backward is three matmuls: dx = dy W, dW = dy^T x, db = ones[1, M] dy. The built-in
+    backward reduces the bias gradient with a slow column-sum kernel (F.linear [1024, 768] -> 3072:
+    184 ms fwd+bwd with bias, 172 without; this: 176).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dx = flow.matmul(dy, weight)
+        dweight = flow._C.matmul(dy, x, transpose_a=True, transpose_b=False)
+        return dx, dweight, _column_sum(dy)
+
+
+def linear(x, weight, bias=None):
+    """x float32 [..., in]; weight [out, in]; bias [out] or None -> x W^T + b, float32 [..., out]."""
+    if bias is None or not on_cpu(x):
+        return F.linear(x, weight, bias)
+    shape = x.shape
+    y = _CpuLinear.apply(x.reshape(-1, shape[-1]), weight, bias)
+    return y.reshape(*shape[:-1], weight.shape[0])
 
 
 # ------------------------------------------------------------------------------------ layer norm
@@ -147,24 +183,63 @@ def layer_norm(x, weight, bias, eps: float):
 
 
 # ------------------------------------------------------------------------------------------ GELU
-class _CpuGelu(flow.autograd.Function):
-    """GELU(x) = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2; d/dx = Phi(x) + x * phi(x).
+def _exp_of_nonpositive_rows(u, scale: float = 1.0):
+    """scale * exp(u) for u <= 0, float32 [M, K], through OneFlow's vectorised softmax kernel.
 
-    One erf in the forward (Phi is kept for the backward) and one exp in the backward
-    (phi(x) = exp(-x^2 / 2) / sqrt(2 pi)); the rest is flat arithmetic. The built-in GELU's backward
-    kernel evaluates erf and exp per element in a slow scalar loop.
+    ``flow.exp`` is a scalar libm loop here (8 ns per float); the softmax kernel evaluates exp
+    vectorised. Softmax over each row with a 0 appended, [u_1 .. u_K, 0], gives exp(u_i) / Z and
+    1 / Z (Z = 1 + sum exp(u_j) <= K + 1, no overflow since u <= 0), so exp(u_i) is their ratio:
+    a few ulp from the libm value, at half its cost.
+    """
+    M, K = u.shape
+    p = flow.softmax(flow.cat([u, _const((M, 1), 0.0, u)], dim=1), dim=-1)      # [M, K + 1]
+    inv_last = flow.reciprocal(p[:, K:]) * scale                                 # [M, 1] = scale Z
+    return p[:, :K] * _spread(inv_last, K)
+
+
+# erfc(z) = t R(t) exp(-z^2), t = 1 / (1 + _ERFC_P z), z >= 0, with R a degree-9 polynomial whose
+# coefficients we fitted (weighted least squares driven to near-minimax over z in [0, 1e4]): relative
+# error 3.2e-8 in float64, i.e. below float32 rounding. Coefficients of t^0 .. t^9.
+_ERFC_P = 0.45
+_ERFC_R = (
+    0.2538853211546464, 0.25388313571531629, 0.22827243698959093, 0.17524304671584665,
+    0.12000164156799781, -0.022518535862180302, 0.14269466306516246, -0.3008936969261185,
+    0.19086485261432085, -0.041432853242701843,
+)
+
+
+class _CpuGelu(flow.autograd.Function):
+    """GELU(x) = x Phi(x) on rows x [M, K]; dGELU/dx = Phi(x) + x phi(x).
+
+    OneFlow's CPU erf costs 19 ns per float and its GELU backward kernel ~40, while flat arithmetic
+    costs ~0.5 ns. So Phi is written with one exponential, shared with the backward:
+        q = erfc(|x| / sqrt 2) / 2 = t R(t) phi(x) sqrt(2 pi) / 2,   Phi(x) = q for x < 0, 1 - q else,
+    with phi(x) = exp(-x^2 / 2) / sqrt(2 pi) from :func:`_exp_of_nonpositive_rows`. The backward
+    is then three flat ops. [1024, 3072] fwd+bwd: built-in 135-145 ms, erf in the forward + exp in
+    the backward 95-119 ms, this 67-76 ms. Max error vs a float64 reference: 4.5e-7 in y (as the
+    built-in's), 7e-7 in dx; in the negative tail 1e-6 relative, where the built-in's 1 + erf
+    cancels to 0.
     """
 
     @staticmethod
     def forward(ctx, x):
-        cdf = flow.erf(x * _INV_SQRT2) * 0.5 + 0.5                          # Phi(x)
-        ctx.save_for_backward(x, cdf)
+        t = flow.reciprocal(flow.abs(x) * (_ERFC_P / math.sqrt(2.0)) + 1.0)
+        # q / phi(x) = t R(t) sqrt(2 pi) / 2 by Horner, the constant folded into the coefficients
+        c = 0.5 * math.sqrt(2.0 * math.pi)
+        acc = t * (_ERFC_R[-1] * c)
+        for coef in reversed(_ERFC_R[:-1]):
+            acc = (acc + coef * c) * t
+        pdf = _exp_of_nonpositive_rows(flow.square(x) * -0.5, _INV_SQRT_2PI)     # phi(x)
+        # Phi = h - sign(x) q with h = 1, 1/2, 0 for x >, =, < 0: in the negative tail Phi = q exactly,
+        # where 1/2 + sign(x) (1/2 - q) would cancel to 0 below x = -5.5
+        sign = flow.sign(x)
+        cdf = (sign * 0.5 + 0.5) - sign * (acc * pdf)                          # Phi(x)
+        ctx.save_for_backward(x, cdf, pdf)
         return x * cdf
 
     @staticmethod
     def backward(ctx, dy):
-        x, cdf = ctx.saved_tensors
-        pdf = flow.exp(flow.square(x) * -0.5) * _INV_SQRT_2PI                # phi(x)
+        x, cdf, pdf = ctx.saved_tensors
         return dy * (cdf + x * pdf)
 
 
@@ -172,25 +247,11 @@ def gelu(x):
     """Exact GELU: x * Phi(x) = 0.5 * x * (1 + erf(x / sqrt(2)))."""
     if not on_cpu(x):
         return F.gelu(x)
-    return _CpuGelu.apply(x)
+    shape = x.shape
+    return _CpuGelu.apply(x.reshape(-1, shape[-1])).reshape(shape)
 
 
 # ------------------------------------------------------------------------------ softmax family
-class _CpuSoftmax(flow.autograd.Function):
-    """Softmax over the last axis: the built-in (fast) forward, dx = p * (dy - sum(dy * p))."""
-
-    @staticmethod
-    def forward(ctx, x):
-        p = flow.softmax(x, dim=-1)
-        ctx.save_for_backward(p)
-        return p
-
-    @staticmethod
-    def backward(ctx, dy):
-        (p,) = ctx.saved_tensors
-        return p * (dy - _spread(_row_sum(dy * p), p.shape[-1]))
-
-
 class _CpuLogSoftmax(flow.autograd.Function):
     """Log-softmax over the last axis: built-in forwards, dx = dy - softmax(x) * sum(dy).
 
@@ -209,10 +270,12 @@ class _CpuLogSoftmax(flow.autograd.Function):
 
 
 def softmax(x):
-    """Softmax over the last axis."""
-    if not on_cpu(x):
-        return flow.softmax(x, dim=-1)
-    return _CpuSoftmax.apply(x)
+    """Softmax over the last axis.
+
+    OneFlow's own kernel on every device: on the CPU its forward is vectorised and its backward
+    (6.4 ms fwd+bwd on [8, 12, 128, 128]) beat the matmul-reduction backward (9.8 ms) we tried.
+    """
+    return flow.softmax(x, dim=-1)
 
 
 def log_softmax(x):
@@ -220,3 +283,34 @@ def log_softmax(x):
     if not on_cpu(x):
         return flow.log_softmax(x, dim=-1)
     return _CpuLogSoftmax.apply(x)
+
+
+class _CpuCrossEntropy(flow.autograd.Function):
+    """Per-row cross-entropy -log softmax(logits)[label] for logits [M, C], labels int64 [M].
+
+    Forward: the built-in (fast) log-softmax and a gather. Backward: dlogits = g * (softmax - onehot),
+    i.e. softmax recomputed by the fast forward kernel, scaled per row by a K=1 matmul, and g
+    subtracted at the labels in place. One pass fewer than log_softmax's backward after gather's
+    (which first writes a dense one-hot gradient). MLM loss on [640, 30522]: 77 ms built-in,
+    36 ms with our log_softmax, 28 ms this way.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels):
+        ctx.save_for_backward(logits, labels)
+        log_probs = flow.log_softmax(logits, dim=-1)
+        return -flow.gather(log_probs, 1, labels.unsqueeze(1)).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, labels = ctx.saved_tensors
+        dlogits = flow.softmax(logits, dim=-1) * _spread(grad.reshape(-1, 1), logits.shape[1])
+        dlogits = flow.scatter_add(dlogits, 1, labels.unsqueeze(1), -grad.reshape(-1, 1))
+        return dlogits, None
+
+
+def cross_entropy(logits, labels):
+    """logits float32 [M, C], labels int64 [M] -> per-row loss float32 [M] (-log softmax at label)."""
+    if not on_cpu(logits):
+        return -flow.gather(flow.log_softmax(logits, dim=-1), 1, labels.unsqueeze(1)).squeeze(1)
+    return _CpuCrossEntropy.apply(logits, labels)

@@ -79,6 +79,14 @@ class LayerNorm(nn.Module):
         return kernels.layer_norm(x, self.weight, self.bias, self.eps)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (same ``weight`` [out, in] and ``bias`` [out]) through :func:`bertlib.kernels.linear`,
+    whose CPU backward avoids OneFlow's slow bias-gradient reduction."""
+
+    def forward(self, x):  # float32 [..., in] -> [..., out]
+        return kernels.linear(x, self.weight, self.bias)
+
+
 def activation(name: str):
     if name == "gelu":
         return kernels.gelu  # exact erf form, as in the paper's code
@@ -118,9 +126,9 @@ class BertSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_size = config.head_size
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = Linear(config.hidden_size, config.hidden_size)
+        self.key = Linear(config.hidden_size, config.hidden_size)
+        self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
     def forward(self, hidden, mask_bias):
@@ -133,10 +141,14 @@ class BertSelfAttention(nn.Module):
         # One matmul for Q, K and V: the three weights side by side give a [B, S, 3H] result.
         qkv_weight = flow.cat([self.query.weight, self.key.weight, self.value.weight], dim=0)  # [3H, H]
         qkv_bias = flow.cat([self.query.bias, self.key.bias, self.value.bias], dim=0)          # [3H]
-        qkv = F.linear(hidden, qkv_weight, qkv_bias)                                            # [B, S, 3H]
+        qkv = kernels.linear(hidden, qkv_weight, qkv_bias)                                      # [B, S, 3H]
         qkv = qkv.reshape(B, S, 3, N, D).permute(2, 0, 3, 1, 4)                                 # [3, B, N, S, D]
-        q, k, v = qkv[0], qkv[1], qkv[2]                                                        # [B, N, S, D]
-        scores = flow.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(D))                     # [B, N, S, S]
+        # unbind, not qkv[0], qkv[1], qkv[2]: three index ops would each write a full-size
+        # [3, B, N, S, D] gradient in the backward pass; unbind's backward is one stack.
+        q, k, v = flow.unbind(qkv, 0)                                                           # [B, N, S, D]
+        # K^T and the 1/sqrt(D) scale folded into the matmul: no transposed copy, no extra pass
+        scores = flow._C.matmul(q, k, transpose_a=False, transpose_b=True,
+                                alpha=1.0 / math.sqrt(D))                                       # [B, N, S, S]
         probs = kernels.softmax(scores + mask_bias)                                             # [B, N, S, S]
         context = flow.matmul(self.dropout(probs), v)                                           # [B, N, S, D]
         context = context.permute(0, 2, 1, 3).reshape(B, S, H)                                  # [B, S, H]
@@ -148,7 +160,7 @@ class BertSelfOutput(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -172,7 +184,7 @@ class BertIntermediate(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
         self.act = activation(config.hidden_act)
 
     def forward(self, hidden):  # float32 [B, S, H] -> [B, S, I]
@@ -184,7 +196,7 @@ class BertOutputBlock(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -225,7 +237,7 @@ class BertPooler(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden):  # float32 [B, S, H] -> [B, H]
         return flow.tanh(self.dense(hidden[:, 0]))
@@ -309,7 +321,7 @@ class BertModel(BertPreTrainedModel):
 class BertPredictionHeadTransform(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.act = activation(config.hidden_act)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
@@ -332,14 +344,14 @@ class BertLMPredictionHead(nn.Module):
         do it by passing the matrix in rather than sharing a Parameter between two modules, which
         keeps data-parallel and graph mode free of shared-parameter corner cases.
         """
-        return F.linear(self.transform(hidden), word_embeddings, self.bias)
+        return kernels.linear(self.transform(hidden), word_embeddings, self.bias)
 
 
 class BertPreTrainingHeads(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.predictions = BertLMPredictionHead(config)
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+        self.seq_relationship = Linear(config.hidden_size, 2)
 
 
 def gather_positions(hidden, positions):
@@ -381,7 +393,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=False, init=False)
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.qa_outputs = Linear(config.hidden_size, 2)
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None):
@@ -394,8 +406,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
 # ------------------------------------------------------------------------------------- the losses
 def _cross_entropy(logits, labels):
     """logits float32 [M, C], labels int64 [M] -> per-row loss float32 [M] (-log softmax at label)."""
-    log_probs = kernels.log_softmax(logits)                                       # [M, C]
-    return -flow.gather(log_probs, 1, labels.unsqueeze(1)).squeeze(1)             # [M]
+    return kernels.cross_entropy(logits, labels)                                  # [M]
 
 
 def pretraining_loss(prediction_logits, seq_relationship_logits, masked_lm_ids, masked_lm_weights,

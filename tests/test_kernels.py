@@ -61,6 +61,22 @@ def test_gelu_matches_builtin_over_a_wide_range():
     _close(_run(kernels.gelu, [x], g), _run(F.gelu, [x], g), atol=1e-6)
 
 
+def test_gelu_against_float64_erf():
+    import math
+
+    x = np.linspace(-9, 9, 3601).astype(np.float32).reshape(13, 277)
+    g = RNG.randn(*x.shape).astype(np.float32)
+    x64 = x.astype(np.float64)
+    cdf = 0.5 * np.vectorize(math.erfc)(-x64 / math.sqrt(2.0))
+    pdf = np.exp(-x64 ** 2 / 2) / math.sqrt(2 * math.pi)
+    y, (dx,) = _run(kernels.gelu, [x], g)
+    assert np.abs(y - x64 * cdf).max() <= 1e-6
+    assert np.abs(dx - g * (cdf + x64 * pdf)).max() <= 2e-6
+    # the negative tail, where 1 + erf cancels in the textbook formula, keeps its relative accuracy
+    tail = (x64 < -3) & (x64 > -8)
+    assert (np.abs(y - x64 * cdf)[tail] / np.abs(x64 * cdf)[tail]).max() <= 1e-5
+
+
 def test_softmax_matches_builtin():
     x = (RNG.randn(3, 4, 7, 7) * 4).astype(np.float32)
     x[..., -2:] -= 10000.0   # masked keys, as the attention mask adds
@@ -73,6 +89,27 @@ def test_log_softmax_matches_builtin():
     g = RNG.randn(*x.shape).astype(np.float32)
     _close(_run(kernels.log_softmax, [x], g), _run(lambda t: flow.log_softmax(t, dim=-1), [x], g),
            atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(7, 24), (2, 5, 24)])
+def test_linear_matches_builtin(shape):
+    x = RNG.randn(*shape).astype(np.float32)
+    w, b = RNG.randn(10, 24).astype(np.float32), RNG.randn(10).astype(np.float32)
+    g = RNG.randn(*shape[:-1], 10).astype(np.float32)
+    _close(_run(kernels.linear, [x, w, b], g), _run(F.linear, [x, w, b], g), atol=1e-5)
+
+
+def test_cross_entropy_matches_builtin():
+    x = (RNG.randn(9, 301) * 5).astype(np.float32)
+    labels = RNG.randint(0, 301, 9)
+    labels[3] = labels[4]          # a repeated label must not confuse the scatter
+    g = RNG.randn(9).astype(np.float32)
+
+    def reference(t):
+        return -flow.gather(flow.log_softmax(t, dim=-1), 1, flow.tensor(labels).unsqueeze(1)).squeeze(1)
+
+    ours = _run(lambda t: kernels.cross_entropy(t, flow.tensor(labels)), [x], g)
+    _close(ours, _run(reference, [x], g), atol=1e-5)
 
 
 def _builtin_kernels(monkeypatch):
@@ -126,7 +163,10 @@ def test_kernels_work_inside_nn_graph():
 
         def forward(self, x):
             h = kernels.gelu(kernels.layer_norm(x, self.w, self.b, 1e-12))
-            return kernels.log_softmax(kernels.softmax(h) * 3.0).sum()
+            h = kernels.linear(h, self.w.reshape(16, 1).expand(16, 16) * 0.1, self.b)
+            logits = kernels.log_softmax(kernels.softmax(h) * 3.0).reshape(-1, 16)
+            labels = flow.arange(logits.shape[0], dtype=flow.int64) % 16
+            return kernels.cross_entropy(logits, labels).sum()
 
     module = Tiny()
     eager = module(x)
