@@ -144,16 +144,17 @@ def main():
     t0 = time.perf_counter()
     losses = [synced(i) for i in range(args.warmup)]
     warmup_s = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for i in range(args.warmup, args.warmup + args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _common.cpu_seconds()
         losses.append(synced(i))
         times.append(time.perf_counter() - t0)
+        cpu.append(_common.cpu_seconds() - c0)
     result = dict(
         framework="bertlib", config=args.config, mode=args.mode, processes=world, threads=1,
         global_batch=args.global_batch, micro_batch=args.micro_batch, accumulation=acc,
         builtin_kernels=args.builtin_kernels, warmup_s=warmup_s, step_s=times,
-        step_s_median=statistics.median(times), losses=losses, peak_rss_mb=_common.peak_rss_mb(),
+        step_s_median=statistics.median(times), cpu_s=cpu, losses=losses, peak_rss_mb=_common.peak_rss_mb(),
         oneflow=flow.__version__)
     if args.sgemm:  # all ranks at once, as in training: the rate of every core busy
         result["sgemm_gflops"] = sgemm_gflops(flow)

@@ -121,15 +121,16 @@ def main():
     t0 = time.perf_counter()
     losses = [step(i) for i in range(args.warmup)]
     warmup_s = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for i in range(args.warmup, args.warmup + args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _common.cpu_seconds()
         losses.append(step(i))
         times.append(time.perf_counter() - t0)
+        cpu.append(_common.cpu_seconds() - c0)
     result = dict(framework="hf", variant=args.variant, config=args.config, processes=1,
                   threads=args.threads, global_batch=args.global_batch, micro_batch=args.micro_batch,
                   accumulation=acc, fused_adamw=fused, warmup_s=warmup_s, step_s=times,
-                  step_s_median=statistics.median(times), losses=losses,
+                  step_s_median=statistics.median(times), cpu_s=cpu, losses=losses,
                   peak_rss_mb=_common.peak_rss_mb(), torch=torch.__version__,
                   transformers=transformers.__version__,
                   attn_implementation=getattr(model.config, "_attn_implementation", None))
