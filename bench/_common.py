@@ -83,6 +83,11 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def sys_seconds() -> float:
+    """System (kernel) CPU time of this process so far: spinning threads show up here."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def write_json(path: str, data: dict):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:

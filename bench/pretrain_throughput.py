@@ -26,6 +26,7 @@ Only the standard library is needed here: each measurement runs in a fresh worke
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -33,6 +34,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,17 +45,62 @@ sys.path.insert(0, HERE)
 
 import _common  # noqa: E402
 
-# Per config: global batch, steps timed, warm-up steps, and bertlib's best configuration on a
-# 2-core CPU (measured with --levers; see bench/RESULTS.md): one process per core, eager.
+# Per config: global batch, steps timed, warm-up steps. BERT-base runs ~1-2 examples/s here, so its
+# default (4 steps of 32) keeps the whole default run near 10 minutes on 2 cores.
 DEFAULTS = {
     "tiny": dict(global_batch=64, steps=10, warmup=3),
-    "base": dict(global_batch=32, steps=3, warmup=2),
+    "base": dict(global_batch=32, steps=3, warmup=1),
 }
-BEST = {  # (mode, processes, micro-batch per process)
+# bertlib's best configuration on a 2-core CPU (measured with --levers, see bench/RESULTS.md):
+# one eager process per core, gradients averaged once per step. (mode, processes, micro-batch)
+BEST = {
     "tiny": ("eager", 2, 32),
-    "base": ("eager", 2, 16),
+    "base": ("eager", 2, 8),
 }
 HF_MICRO = {"tiny": 64, "base": 32}   # PyTorch's fastest micro-batch here (whole global batch)
+
+
+@dataclasses.dataclass
+class Run:
+    """One bertlib configuration."""
+    label: str
+    mode: str = "eager"
+    procs: int = 1
+    micro: int = 8
+    builtin_kernels: bool = False
+    mlm_everywhere: bool = False
+    env: dict = dataclasses.field(default_factory=dict)
+
+
+def _amd_avx2() -> bool:
+    """True where bertlib.runtime names OpenBLAS's Haswell kernels itself (AMD CPUs with AVX2)."""
+    try:
+        info = open("/proc/cpuinfo").read(1 << 16)
+    except OSError:
+        return False
+    flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
+    return ("AuthenticAMD" in info or "HygonGenuine" in info) and "avx2" in flags and "fma" in flags
+
+
+def lever_runs(config: str, cores: int) -> list:
+    """Each lever on its own, from the naive port to the best configuration, and two costs."""
+    mode, procs, micro = BEST[config]
+    one = micro * procs   # the same work per pass for one process
+    runs = []
+    if _amd_avx2():
+        runs.append(Run("naive port: 1 proc, OneFlow's kernels, OpenBLAS SSE3 kernels (its own pick here)",
+                        procs=1, micro=one, builtin_kernels=True, env={"OPENBLAS_CORETYPE": "Prescott"}))
+    runs += [
+        Run("+ OpenBLAS AVX2 kernels (OPENBLAS_CORETYPE=Haswell)", procs=1, micro=one, builtin_kernels=True),
+        Run("+ bertlib CPU kernels", procs=1, micro=one),
+        Run(f"+ {cores} processes (one per core)", procs=cores, micro=micro),
+        Run(f"same, OneFlow's kernels", procs=cores, micro=micro, builtin_kernels=True),
+        Run(f"same, nn.Graph instead of eager", mode="graph", procs=cores, micro=micro),
+        Run(f"same, MLM logits at all 128 positions", procs=cores, micro=micro, mlm_everywhere=True),
+        Run(f"same, ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD=1", procs=cores, micro=micro,
+            env={"ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD": "1"}),
+    ]
+    return runs
 
 
 def parse_args(argv=None):
@@ -104,16 +151,19 @@ def _run(cmd, timeout, env=None) -> tuple[int, str]:
     return proc.returncode, "\n".join(lines[-40:])
 
 
-def run_bertlib(config, mode, procs, micro, gb, steps, warmup, timeout, builtin=False, sgemm=False):
+def run_bertlib(config, run: Run, gb, steps, warmup, timeout, sgemm=False):
     out_dir = tempfile.mkdtemp(prefix="bertlib-bench-")
     worker = os.path.join(HERE, "_bertlib_worker.py")
-    args = ["--config", config, "--mode", mode, "--global-batch", str(gb), "--micro-batch", str(micro),
+    procs, micro = run.procs, min(run.micro, gb // run.procs)
+    args = ["--config", config, "--mode", run.mode, "--global-batch", str(gb), "--micro-batch", str(micro),
             "--steps", str(steps), "--warmup", str(warmup), "--out", out_dir]
-    if builtin:
+    if run.builtin_kernels:
         args.append("--builtin-kernels")
+    if run.mlm_everywhere:
+        args.append("--mlm-everywhere")
     if sgemm:
         args.append("--sgemm")
-    env = dict(os.environ, GLOG_minloglevel="2", OMP_NUM_THREADS="1")
+    env = dict(os.environ, GLOG_minloglevel="2", OMP_NUM_THREADS="1", **run.env)
     if procs == 1:
         cmd = [sys.executable, worker, *args]
     else:
@@ -126,11 +176,13 @@ def run_bertlib(config, mode, procs, micro, gb, steps, warmup, timeout, builtin=
         ranks = None
     shutil.rmtree(out_dir, ignore_errors=True)
     if code != 0 or ranks is None:
-        return dict(framework="bertlib", config=config, mode=mode, processes=procs, error=tail)
-    result = dict(ranks[0])
+        return dict(framework="bertlib", config=config, label=run.label, error=tail)
+    result = dict(ranks[0], label=run.label)
     result["peak_rss_mb"] = [r["peak_rss_mb"] for r in ranks]
     # every rank steps together (gradients are averaged each step): the slowest rank sets the pace
     result["step_s_median"] = max(r["step_s_median"] for r in ranks)
+    result["cpu_s_median"] = [statistics.median(r["cpu_s"]) for r in ranks]
+    result["sys_s_median"] = [statistics.median(r["sys_s"]) for r in ranks]
     if sgemm:
         result["sgemm_gflops"] = sum(r["sgemm_gflops"] for r in ranks)
     return result
@@ -152,6 +204,7 @@ def run_hf(ref_python, config, variant, gb, micro, threads, steps, warmup, timeo
     if code != 0 or result is None:
         return dict(framework="hf", config=config, variant=variant, error=tail)
     result["peak_rss_mb"] = [result["peak_rss_mb"]]
+    result["cpu_s_median"] = [statistics.median(result["cpu_s"])]
     return result
 
 
@@ -170,8 +223,7 @@ def ensure_reference_env(ref_python: str):
 def _label(r):
     if r["framework"] == "hf":
         return {"gathered": "HF/PyTorch (a) same work", "full": "HF/PyTorch (b) as users call it"}[r["variant"]]
-    kernels = ", built-in kernels" if r.get("builtin_kernels") else ""
-    return f"bertlib {r['mode']}, {r['processes']} proc{'s' if r['processes'] > 1 else ''}{kernels}"
+    return f"bertlib: {r['label']}"
 
 
 def summarise(results, peak_gflops):
@@ -191,20 +243,23 @@ def table(results, config, best_key) -> list[str]:
     rows = [r for r in results if r["config"] == config]
     a = next((r for r in rows if r.get("variant") == "gathered" and "error" not in r), None)
     b = next((r for r in rows if r.get("variant") == "full" and "error" not in r), None)
-    lines = [f"| run | procs x threads | micro-batch x accum. | samples/s | tokens/s | MFU | peak RSS / proc (MiB) | vs (a) | vs (b) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | procs x threads | micro-batch x accum. | samples/s | tokens/s | MFU | CPU s / step / proc "
+             "| peak RSS / proc (MiB) | vs (a) | vs (b) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {_label(r)} | failed: {r['error'].splitlines()[-1][:80] if r['error'] else '?'} |||||||")
+            last = r["error"].strip().splitlines()[-1][:100] if r["error"].strip() else "?"
+            lines.append(f"| {_label(r)} | failed: {last} |||||||||")
             continue
         ra = f"{r['samples_per_s'] / a['samples_per_s']:.2f}x" if a else "-"
         rb = f"{r['samples_per_s'] / b['samples_per_s']:.2f}x" if b else "-"
         mark = " **(best)**" if id(r) == best_key.get(config) else ""
         rss = " / ".join(f"{m:.0f}" for m in r["peak_rss_mb"])
+        cpu = " / ".join(f"{c:.1f}" for c in r.get("cpu_s_median", []))
         mfu = f"{100 * r['mfu']:.0f}%" if "mfu" in r else "-"
         lines.append(f"| {_label(r)}{mark} | {r['processes']} x {r['threads']} | {r['micro_batch']} x "
                      f"{r['accumulation']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {mfu} | "
-                     f"{rss} | {ra} | {rb} |")
+                     f"{cpu} | {rss} | {ra} | {rb} |")
     return lines
 
 
@@ -219,6 +274,7 @@ def main(argv=None):
         ensure_reference_env(args.ref_python)
     cores = os.cpu_count()
     started = datetime.datetime.now()
+    load0 = os.getloadavg()[0]
     print(f"# bertlib pre-training throughput, {started:%Y-%m-%d %H:%M}, {platform.node()}, {cores} cores, "
           f"{_cpu_model()}", flush=True)
     results, sgemm = [], {}
@@ -231,23 +287,17 @@ def main(argv=None):
             runs = []
             for spec in args.bertlib:
                 mode, procs, micro = spec.split(":")
-                runs.append((mode, int(procs), int(micro), False))
+                runs.append(Run(f"{mode}, {procs} proc(s)", mode=mode, procs=int(procs), micro=int(micro)))
         elif args.levers:
-            m2 = BEST[config][2]
-            runs = [("eager", 1, 2 * m2 if gb % (2 * m2) == 0 else m2, True),   # the naive port
-                    ("eager", 1, 2 * m2 if gb % (2 * m2) == 0 else m2, False),  # + CPU kernels
-                    ("graph", 1, 2 * m2 if gb % (2 * m2) == 0 else m2, False),
-                    ("eager", 2, m2, True),                                     # 2 ranks, built-in kernels
-                    ("eager", 2, m2, False),
-                    ("graph", 2, m2, False)]
+            runs = lever_runs(config, cores)
         else:
             mode, procs, micro = BEST[config]
-            runs = [(mode, procs, micro, False)]
-        for i, (mode, procs, micro, builtin) in enumerate(runs):
-            print(f"[{config}] bertlib {mode} x{procs} micro-batch {micro}{' built-in kernels' if builtin else ''} ...",
-                  flush=True)
-            r = run_bertlib(config, mode, procs, min(micro, gb // procs), gb, steps, warmup, args.timeout,
-                            builtin, sgemm=(procs == cores and "oneflow" not in sgemm))
+            runs = [Run(f"{mode}, {procs} process{'es' if procs > 1 else ''} (best configuration)",
+                        mode=mode, procs=procs, micro=micro)]
+        for run in runs:
+            print(f"[{config}] bertlib {run.label} ...", flush=True)
+            want_sgemm = run.procs == cores and "oneflow" not in sgemm and not run.env
+            r = run_bertlib(config, run, gb, steps, warmup, args.timeout, sgemm=want_sgemm)
             if "sgemm_gflops" in r:
                 sgemm["oneflow"] = r["sgemm_gflops"]
             _progress(r)
@@ -269,13 +319,14 @@ def main(argv=None):
             best_key[config] = id(max(ok, key=lambda r: r["samples_per_s"]))
     out = [f"Command: `python bench/pretrain_throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", " `").rstrip(),
            f"Machine: {platform.node()}, {cores} cores ({_cpu_model()}), {_mem_gb():.0f} GB RAM; "
-           f"date {started:%Y-%m-%d %H:%M}; load average at start {os.getloadavg()[0]:.1f}",
+           f"date {started:%Y-%m-%d %H:%M}; load average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}",
            f"sgemm peak of the same {cores} cores (2048^3, best of 5): "
            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in sorted(sgemm.items()))
            + (f"; MFU uses {peak:.0f}" if peak else ""),
            "Settings: seq 128, 20 masked positions, AdamW (wd 0.01, eps 1e-6), fp32, dropout 0.1; "
            "MFU counts the model FLOPs of the same work for every row "
-           "(6 x weights x tokens, MLM head at the 20 masked positions, + attention).", ""]
+           "(6 x weights x tokens, MLM head at the 20 masked positions, + attention). "
+           "CPU s / step / proc below wall-clock s / step x threads means the cores were shared.", ""]
     for config in configs:
         cfg = _common.CONFIGS[config]
         gb = args.global_batch or DEFAULTS[config]["global_batch"]
@@ -301,9 +352,10 @@ def _progress(r):
         print(f"    FAILED:\n{r['error']}", flush=True)
     else:
         gb = r["global_batch"]
-        print(f"    {gb / r['step_s_median']:.2f} samples/s (median step {r['step_s_median']:.2f} s, warm-up "
-              f"{r['warmup_s']:.1f} s), peak RSS {' / '.join(f'{m:.0f}' for m in r['peak_rss_mb'])} MiB",
-              flush=True)
+        cpu = " / ".join(f"{c:.1f}" for c in r.get("cpu_s_median", []))
+        print(f"    {gb / r['step_s_median']:.2f} samples/s (median step {r['step_s_median']:.2f} s, CPU {cpu} s, "
+              f"warm-up {r['warmup_s']:.1f} s), peak RSS {' / '.join(f'{m:.0f}' for m in r['peak_rss_mb'])} MiB, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
 
 
 def _cpu_model() -> str:
