@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Where a bertlib training step spends its time on this CPU (one process, eager).
+
+Three views, each printed as a markdown table:
+
+1. the step: forward, backward, optimizer (CPU seconds, synchronised around each part);
+2. one encoder layer, forward + backward: the whole layer and each of its pieces timed alone at the
+   same shapes (matmuls, GELU, LayerNorm, dropout, softmax, permutes, residual adds);
+3. each op of bertlib.kernels against OneFlow's built-in at the model's shapes (fwd + bwd, ms).
+
+    python bench/op_profile.py --config base --batch 8
+    python bench/op_profile.py --config tiny --batch 32
+
+Times are the minimum over repetitions (least disturbed by other load on the machine).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import _common  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="base", choices=sorted(_common.CONFIGS))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+
+    from bertlib import kernels
+    from bertlib import model as M
+    from bertlib.config import BertConfig
+    from bertlib.optim import build_optimizer
+    from bertlib.runtime import import_oneflow
+
+    flow = import_oneflow()
+    F = flow.nn.functional
+    sync = flow._oneflow_internal.eager.Sync
+    cfg = BertConfig(**_common.CONFIGS[args.config])
+    B, S, P = args.batch, _common.SEQ_LEN, _common.MASKED
+    H, I, N, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.vocab_size
+
+    def best_of(fn, reps=args.reps):
+        fn()                                   # warm-up (allocations, constants)
+        times = []
+        for _ in range(reps):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    rate = sgemm_gflops(flow)
+    print(f"# {args.config}, batch {B} x {S} tokens, one process; sgemm {rate:.0f} GFLOP/s; "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+
+    # ------------------------------------------------------------------------------- 1. the step
+    flow.manual_seed(0)
+    model = M.BertForPreTraining(cfg).train()
+    opt = build_optimizer(model, "adamw", 1e-4, 0.01)
+    batch = {k: flow.tensor(v) for k, v in _common.synthetic_batches(_common.CONFIGS[args.config], B, 1, 0)[0].items()}
+
+    def forward():
+        out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["masked_lm_positions"])
+        return M.pretraining_loss(out.prediction_logits, out.seq_relationship_logits, batch["masked_lm_ids"],
+                                  batch["masked_lm_weights"], batch["next_sentence_labels"])[0]
+
+    parts = {"forward": [], "backward": [], "optimizer step": []}
+    for i in range(args.reps + 1):
+        sync(); t0 = time.perf_counter()
+        loss = forward()
+        sync(); t1 = time.perf_counter()
+        loss.backward()
+        sync(); t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad()
+        sync(); t3 = time.perf_counter()
+        if i:
+            for name, t in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[name].append(t)
+    flops = _common.flops_per_sample(_common.CONFIGS[args.config]) * B
+    step = sum(min(v) for v in parts.values())
+    print("| part of the step | s | share |\n|---|---:|---:|")
+    for name, v in parts.items():
+        print(f"| {name} | {min(v):.3f} | {100 * min(v) / step:.0f}% |")
+    print(f"| total | {step:.3f} | matmul FLOPs alone at {rate:.0f} GFLOP/s: {flops / rate / 1e9:.3f} s |\n")
+
+    # ------------------------------------------------------------------------------- 2. one layer
+    # the whole layer, then each of its pieces alone at the same shapes (fwd + bwd)
+    layer = M.BertLayer(cfg).train()
+    D = H // N
+    x = flow.randn(B, S, H, requires_grad=True)
+    mask = flow.zeros(B, 1, 1, S)
+
+    def timed(fn, *shapes):
+        tensors = [flow.randn(*sh, requires_grad=True) for sh in shapes]
+
+        def run():
+            out = fn(*tensors)
+            out.backward(flow.ones_like(out))
+            for t in tensors:
+                t.grad = None
+        return best_of(run)
+
+    full = timed(lambda t: layer(t, mask)[0], (B, S, H))
+    pieces = {
+        "Q, K, V, output, FFN matmuls (+ bias)": sum(
+            timed(lambda a, w, b: kernels.linear(a, w, b), (B * S, i), (o, i), (o,))
+            for i, o in ((H, 3 * H), (H, H), (H, I), (I, H))),
+        "attention matmuls Q K^T, P V": timed(
+            lambda q, k: flow._C.matmul(q, k, transpose_a=False, transpose_b=True, alpha=1.0), (B, N, S, D), (B, N, S, D))
+        + timed(lambda p, v: flow.matmul(p, v), (B, N, S, S), (B, N, S, D)),
+        "GELU": timed(kernels.gelu, (B, S, I)),
+        "LayerNorm (x2)": 2 * timed(lambda t, w, b: kernels.layer_norm(t, w, b, 1e-12), (B, S, H), (H,), (H,)),
+        "dropout (probabilities + 2 x hidden)": timed(lambda t: F.dropout(t, 0.1, True), (B, N, S, S))
+        + 2 * timed(lambda t: F.dropout(t, 0.1, True), (B, S, H)),
+        "mask add + softmax": timed(lambda t: kernels.softmax(t + mask), (B, N, S, S)),
+        "head split / merge (permutes)": timed(
+            lambda t: flow.unbind(t.reshape(B, S, 3, N, D).permute(2, 0, 3, 1, 4), 0)[0] * 1.0, (B, S, 3 * H))
+        + timed(lambda t: t.permute(0, 2, 1, 3).reshape(B, S, H) * 1.0, (B, N, S, D)),
+        "residual adds (x2)": 2 * timed(lambda a, b: a + b, (B, S, H), (B, S, H)),
+    }
+    layer_flops = 6 * B * S * (4 * H * H + 2 * H * I) + 12 * B * S * S * H
+    print(f"| one encoder layer, fwd+bwd, each piece timed alone | ms | share |\n|---|---:|---:|")
+    print(f"| whole layer | {1e3 * full:.1f} | 100% |")
+    for name, t in pieces.items():
+        print(f"| {name} | {1e3 * t:.1f} | {100 * t / full:.0f}% |")
+    rest = full - sum(pieces.values())
+    print(f"| the rest (dispatch, allocation; pieces overlap less when alone) | {1e3 * rest:.1f} | "
+          f"{100 * rest / full:.0f}% |")
+    print(f"| (the layer's {layer_flops / 1e9:.1f} GFLOP at {rate:.0f} GFLOP/s would take) | "
+          f"{1e3 * layer_flops / rate / 1e9:.1f} | {100 * layer_flops / rate / 1e9 / full:.0f}% |\n")
+
+    # ------------------------------------------------------------------------------- 3. the ops
+    def fwd_bwd(fn, shapes, int_arg=None):
+        tensors = [flow.randn(*s, requires_grad=True) for s in shapes]
+
+        def run():
+            out = fn(*tensors) if int_arg is None else fn(*tensors, int_arg)
+            out.backward(flow.ones_like(out))
+            for t in tensors:
+                t.grad = None
+        return 1e3 * best_of(run)
+
+    builtin = {
+        "layer_norm": lambda t, w, b: F.layer_norm(t, (t.shape[-1],), w, b, 1e-12),
+        "gelu": F.gelu,
+        "linear (with bias)": F.linear,
+        "softmax": lambda t: flow.softmax(t, dim=-1),
+        "cross_entropy": lambda t, labels: -flow.gather(flow.log_softmax(t, dim=-1), 1, labels.unsqueeze(1)).squeeze(1),
+    }
+    ours = {
+        "layer_norm": lambda t, w, b: kernels.layer_norm(t, w, b, 1e-12),
+        "gelu": kernels.gelu,
+        "linear (with bias)": kernels.linear,
+        "softmax": kernels.softmax,
+        "cross_entropy": kernels.cross_entropy,
+    }
+    labels = flow.randint(0, V, (B * P,))
+    shapes = {
+        "layer_norm": ([(B * S, H), (H,), (H,)], None),
+        "gelu": ([(B * S, I)], None),
+        "linear (with bias)": ([(B * S, H), (I, H), (I,)], None),
+        "softmax": ([(B, N, S, S)], None),
+        "cross_entropy": ([(B * P, V)], labels),
+    }
+    print("| op, fwd+bwd at the model's shape | OneFlow built-in (ms) | bertlib.kernels (ms) | speed-up |\n|---|---:|---:|---:|")
+    for name, (shp, extra) in shapes.items():
+        a = fwd_bwd(builtin[name], shp, extra)
+        b = fwd_bwd(ours[name], shp, extra)
+        desc = " x ".join(str(list(s)) for s in shp[:1])
+        print(f"| {name} {desc} | {a:.1f} | {b:.1f} | {a / b:.1f}x |")
+
+
+def sgemm_gflops(flow, n=2048, reps=3) -> float:
+    a, b = flow.randn(n, n), flow.randn(n, n)
+    flow.matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        flow.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+if __name__ == "__main__":
+    main()
