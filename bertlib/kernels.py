@@ -288,24 +288,24 @@ def log_softmax(x):
 class _CpuCrossEntropy(flow.autograd.Function):
     """Per-row cross-entropy -log softmax(logits)[label] for logits [M, C], labels int64 [M].
 
-    Forward: the built-in (fast) log-softmax and a gather. Backward: dlogits = g * (softmax - onehot),
-    i.e. softmax recomputed by the fast forward kernel, scaled per row by a K=1 matmul, and g
-    subtracted at the labels in place. One pass fewer than log_softmax's backward after gather's
-    (which first writes a dense one-hot gradient). MLM loss on [640, 30522]: 77 ms built-in,
-    36 ms with our log_softmax, 28 ms this way.
+    Forward: the built-in (fast) log-softmax and a gather, plus the softmax kept for the backward.
+    Backward: dlogits = g * (softmax - onehot): the softmax scaled per row by a K=1 matmul, then g
+    subtracted at the labels in place. Autograd through log_softmax + gather would first write a
+    dense one-hot gradient and run log-softmax's slow backward kernel. MLM loss on [640, 30522]:
+    built-in 298 ms fwd+bwd, our log_softmax + gather 137, this 123.
     """
 
     @staticmethod
     def forward(ctx, logits, labels):
-        ctx.save_for_backward(logits, labels)
+        ctx.save_for_backward(flow.softmax(logits, dim=-1), labels)
         log_probs = flow.log_softmax(logits, dim=-1)
         return -flow.gather(log_probs, 1, labels.unsqueeze(1)).squeeze(1)
 
     @staticmethod
     def backward(ctx, grad):
-        logits, labels = ctx.saved_tensors
-        dlogits = flow.softmax(logits, dim=-1) * _spread(grad.reshape(-1, 1), logits.shape[1])
-        dlogits = flow.scatter_add(dlogits, 1, labels.unsqueeze(1), -grad.reshape(-1, 1))
+        probs, labels = ctx.saved_tensors
+        dlogits = probs * _spread(grad.reshape(-1, 1), probs.shape[1])
+        dlogits.scatter_add_(1, labels.unsqueeze(1), -grad.reshape(-1, 1))
         return dlogits, None
 
 
