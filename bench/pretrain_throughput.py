@@ -116,12 +116,18 @@ def parse_args(argv=None):
                     help="explicit bertlib run(s), e.g. eager:2:16 or graph:1:8 (repeatable)")
     ap.add_argument("--hf-variants", default="gathered,full", help="HF runs: gathered (a), full (b); '' for none")
     ap.add_argument("--hf-micro-batch", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads (default: cores)")
+    ap.add_argument("--threads", default=str(os.cpu_count()),
+                    help="PyTorch threads per HF run (default: cores); a comma-separated list runs each, "
+                         "e.g. 2,1 (on a loaded machine one thread can beat two)")
     ap.add_argument("--ref-python", default=os.path.join(REPO, ".bench-venv-ref", "bin", "python"),
                     help="interpreter with torch + transformers (created by setup_reference_env.sh if missing)")
     ap.add_argument("--json", default=None, help="also write every measurement to this JSON file")
     ap.add_argument("--markdown", default=None, help="also write the result table (markdown) here")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds allowed per run")
+    ap.add_argument("--quiet-load", type=float, default=None, metavar="L",
+                    help="before each run wait (up to --quiet-wait s) until the 1-minute load average is below L: "
+                         "on a shared machine, other jobs slow both frameworks, and PyTorch's threads more")
+    ap.add_argument("--quiet-wait", type=int, default=600)
     return ap.parse_args(argv)
 
 
@@ -208,6 +214,17 @@ def run_hf(ref_python, config, variant, gb, micro, threads, steps, warmup, timeo
     return result
 
 
+def wait_for_quiet(limit, max_wait) -> float:
+    """Wait until the 1-minute load average drops below ``limit`` (or ``max_wait`` s); return it."""
+    import time
+
+    waited = 0
+    while limit is not None and os.getloadavg()[0] >= limit and waited < max_wait:
+        time.sleep(10)
+        waited += 10
+    return os.getloadavg()[0]
+
+
 def ensure_reference_env(ref_python: str):
     if os.path.exists(ref_python):
         return
@@ -222,7 +239,8 @@ def ensure_reference_env(ref_python: str):
 # ---------------------------------------------------------------------------------------- report
 def _label(r):
     if r["framework"] == "hf":
-        return {"gathered": "HF/PyTorch (a) same work", "full": "HF/PyTorch (b) as users call it"}[r["variant"]]
+        name = {"gathered": "HF/PyTorch (a) same work", "full": "HF/PyTorch (b) as users call it"}[r["variant"]]
+        return name if r.get("threads", 0) == os.cpu_count() or "threads" not in r else f"{name}, {r['threads']} thread(s)"
     return f"bertlib: {r['label']}"
 
 
@@ -241,15 +259,18 @@ def summarise(results, peak_gflops):
 
 def table(results, config, best_key) -> list[str]:
     rows = [r for r in results if r["config"] == config]
-    a = next((r for r in rows if r.get("variant") == "gathered" and "error" not in r), None)
-    b = next((r for r in rows if r.get("variant") == "full" and "error" not in r), None)
+    # the reference of each ratio is PyTorch's fastest run of that variant (threads = cores by default)
+    a = max((r for r in rows if r.get("variant") == "gathered" and "error" not in r),
+            key=lambda r: r["samples_per_s"], default=None)
+    b = max((r for r in rows if r.get("variant") == "full" and "error" not in r),
+            key=lambda r: r["samples_per_s"], default=None)
     lines = ["| run | procs x threads | micro-batch x accum. | samples/s | tokens/s | MFU | CPU s / step / proc "
-             "| peak RSS / proc (MiB) | vs (a) | vs (b) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| peak RSS / proc (MiB) | vs (a) | vs (b) | load before |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
             last = r["error"].strip().splitlines()[-1][:100] if r["error"].strip() else "?"
-            lines.append(f"| {_label(r)} | failed: {last} |||||||||")
+            lines.append(f"| {_label(r)} | failed: {last} ||||||||||")
             continue
         ra = f"{r['samples_per_s'] / a['samples_per_s']:.2f}x" if a else "-"
         rb = f"{r['samples_per_s'] / b['samples_per_s']:.2f}x" if b else "-"
@@ -259,7 +280,7 @@ def table(results, config, best_key) -> list[str]:
         mfu = f"{100 * r['mfu']:.0f}%" if "mfu" in r else "-"
         lines.append(f"| {_label(r)}{mark} | {r['processes']} x {r['threads']} | {r['micro_batch']} x "
                      f"{r['accumulation']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {mfu} | "
-                     f"{cpu} | {rss} | {ra} | {rb} |")
+                     f"{cpu} | {rss} | {ra} | {rb} | {r.get('load_before', float('nan')):.1f} |")
     return lines
 
 
@@ -297,20 +318,25 @@ def main(argv=None):
         for run in runs:
             print(f"[{config}] bertlib {run.label} ...", flush=True)
             want_sgemm = run.procs == cores and "oneflow" not in sgemm and not run.env
+            load = wait_for_quiet(args.quiet_load, args.quiet_wait)
             r = run_bertlib(config, run, gb, steps, warmup, args.timeout, sgemm=want_sgemm)
+            r["load_before"] = load
             if "sgemm_gflops" in r:
                 sgemm["oneflow"] = r["sgemm_gflops"]
             _progress(r)
             results.append(r)
         for v in variants:
             micro = min(args.hf_micro_batch or HF_MICRO[config], gb)
-            print(f"[{config}] HF {v} micro-batch {micro}, {args.threads} threads ...", flush=True)
-            r = run_hf(args.ref_python, config, v, gb, micro, args.threads, steps, warmup, args.timeout,
-                       sgemm="torch" not in sgemm)
-            if "sgemm_gflops" in r:
-                sgemm["torch"] = r["sgemm_gflops"]
-            _progress(r)
-            results.append(r)
+            for threads in [int(t) for t in str(args.threads).split(",")]:
+                print(f"[{config}] HF {v} micro-batch {micro}, {threads} threads ...", flush=True)
+                load = wait_for_quiet(args.quiet_load, args.quiet_wait)
+                r = run_hf(args.ref_python, config, v, gb, micro, threads, steps, warmup, args.timeout,
+                           sgemm=threads == cores and "torch" not in sgemm)
+                r["load_before"] = load
+                if "sgemm_gflops" in r:
+                    sgemm["torch"] = r["sgemm_gflops"]
+                _progress(r)
+                results.append(r)
     peak = max(sgemm.values()) if sgemm else None
     summarise(results, peak)
     for config in configs:
