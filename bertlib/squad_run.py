@@ -208,8 +208,8 @@ def build_squad_data(input_file, vocab_file, output_dir, is_training: bool, *, m
                      data_part_num: int, progress: bool = False) -> tuple[dict, bool]:
     """Make OFRecords from a SQuAD JSON file, or reuse ``output_dir`` if it already holds them.
 
-    Reuse needs the same source file (sha256), settings and part count. Returns
-    ``(manifest, reused)``.
+    Reuse needs the same source file (sha256), settings and part count; otherwise the directory's
+    part files and manifest are replaced. Returns ``(manifest, reused)``.
     """
     from .squad.features import make_squad_data
     from .tokenization import load_tokenizer
@@ -221,6 +221,13 @@ def build_squad_data(input_file, vocab_file, output_dir, is_training: bool, *, m
               "data_part_num": data_part_num}
     if _reusable(output_dir / MANIFEST_NAME, wanted) and _parts_or_zero(output_dir) == data_part_num:
         return json.loads((output_dir / MANIFEST_NAME).read_text(encoding="utf-8")), True
+    # Data made earlier with other settings: its extra part files would otherwise survive next to
+    # the new ones and be read as part of the data set.
+    if output_dir.is_dir():
+        for stale in output_dir.glob("part-*"):
+            if stale.is_file() and stale.name[len("part-"):].isdigit():
+                stale.unlink()
+        (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
     tokenizer = load_tokenizer(vocab_file, lowercase=do_lower_case)
     manifest = make_squad_data(input_file, tokenizer, output_dir, is_training=is_training,
                                max_seq_length=max_seq_length, doc_stride=doc_stride,

@@ -241,3 +241,19 @@ def test_helpers(tmp_path):
     assert len(every) == 10570
     assert qas == every[::10]  # 1,057 of 10,570: every 10th question, all 48 articles
     assert len(data["data"]) == 48
+
+
+def test_remade_data_leaves_no_stale_parts(tmp_path):
+    """Data re-made with other settings replaces the old parts (a stale part-1 would be read too)."""
+    from bertlib.squad_run import build_squad_data, check_squad_data, subset_squad_json
+
+    small = subset_squad_json(TRAIN, 12, tmp_path / "train12.json")
+    settings = dict(doc_stride=64, max_query_length=32, do_lower_case=True)
+    out = tmp_path / "train_data"
+    manifest, reused = build_squad_data(small, VOCAB, out, True, max_seq_length=128, data_part_num=2, **settings)
+    assert not reused and (out / "part-1").exists()
+    assert build_squad_data(small, VOCAB, out, True, max_seq_length=128, data_part_num=2, **settings)[1]
+    manifest, reused = build_squad_data(small, VOCAB, out, True, max_seq_length=96, data_part_num=1, **settings)
+    assert not reused and not (out / "part-1").exists()
+    info = check_squad_data(out, True, 96, 1, 30522)
+    assert info["data_part_num"] == 1 and info["num_records"] == manifest["num_features"]
