@@ -95,6 +95,11 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
     relay = threading.Thread(target=_relay_stderr, args=(proc.stderr,), daemon=True)
     relay.start()
+    # the ranks live in their own session, so a SIGTERM sent to us (a scheduler, `kill`) must be
+    # passed on by hand; SIGINT from a terminal is turned into KeyboardInterrupt by Python
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         code = proc.wait()
         relay.join(timeout=5)
@@ -105,6 +110,12 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
         return 130
     finally:
         _kill_group(proc.pid, signal.SIGKILL)  # whatever is left of the job: nothing may outlive it
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 # printf'd by OneFlow's C++ core at import in the launcher and in every rank; says nothing useful

@@ -123,6 +123,9 @@ class Trainer:
             # replicas start identical (rank 0's weights are broadcast) and gradients are averaged
             self.step_module = flow.nn.parallel.DistributedDataParallel(self.step_module)
         step_fn = self._eager_step if opt.mode == "eager" else self._graph_step_fn(model, optimizer)
+        if opt.log_dir and self.rank == 0 and start_step == 0:
+            # a new run starts a new log; a resumed one continues its own
+            (Path(opt.log_dir) / "metrics.jsonl").unlink(missing_ok=True)
         batches = self.make_batches(consumed)
         model.train()
         bar = self._progress_bar(start_step)

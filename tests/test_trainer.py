@@ -153,3 +153,20 @@ def test_fp16_on_cpu_is_refused():
     with pytest.raises(ValueError, match="--use_fp16 needs a CUDA device"):
         Trainer(model, None, None, TrainOptions(iter_num=1, batch_size_per_device=1, use_fp16=True),
                 device="cpu")
+
+
+def test_terminating_the_launcher_ends_every_rank(tmp_path):
+    """`kill <pid>` of the command a user started must not leave its ranks training on."""
+    import signal
+
+    marker = str(tmp_path / "terminated.json")
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, "--iters", "100000", "--out", marker],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # wait until the ranks really train
+        if line.startswith("iter 2,"):
+            break
+    assert len(_leftover(marker)) >= 2, "ranks should be running"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    time.sleep(1)
+    assert _leftover(marker) == []
