@@ -26,6 +26,7 @@ import time
 
 from .. import runtime
 from ..launch import fail_fast, in_launched_rank, run_launcher
+from ._help import DefaultsFormatter, add_launch_flags
 
 BANNER = "=" * 66
 RULE = "-" * 66
@@ -41,30 +42,12 @@ def str2bool(value) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show a default only where there is one and the help text does not already explain it."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, "") or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bert-pretrain", description="BERT pre-training (MLM + NSP) on OneFlow.",
         epilog="Examples and multi-node launch: see the module docstring of bertlib.cli.pretrain "
-               "or the README.", formatter_class=_HelpFormatter)
-    g = p.add_argument_group("devices and nodes (the seed's flags)")
-    g.add_argument("--gpu_num_per_node", type=int, default=1,
-                   help="processes per node, one per GPU (with --device cpu: CPU processes)")
-    g.add_argument("--node_num", type=int, default=1, help="number of machines")
-    g.add_argument("--node_list", default=None,
-                   help="comma-separated hosts when node_num > 1; the first is the master")
-    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                   help="auto = cuda when OneFlow sees a GPU, else cpu")
-    g.add_argument("--master_port", type=int, default=None,
-                   help="rank 0's port (default: a free port on one node, 29500 on several)")
+               "or the README.", formatter_class=DefaultsFormatter)
+    add_launch_flags(p)
     g = p.add_argument_group("optimisation")
     g.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate")
     g.add_argument("--weight_decay_rate", type=float, default=0.01,

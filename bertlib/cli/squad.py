@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .. import runtime
 from ..launch import fail_fast, in_launched_rank, run_launcher
+from ._help import add_launch_flags
 from .pretrain import print_config_block, str2bool
 
 PROG = "bert-squad"
@@ -56,16 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune on the training data")
     g.add_argument("--do_eval", type=str2bool, nargs="?", const=True, default=False,
                    help="predict answers for --predict_file and score them")
-    g = p.add_argument_group("devices and nodes (the seed's flags)")
-    g.add_argument("--gpu_num_per_node", type=int, default=1,
-                   help="processes per node, one per GPU (with --device cpu: CPU processes)")
-    g.add_argument("--node_num", type=int, default=1, help="number of machines")
-    g.add_argument("--node_list", default=None,
-                   help="comma-separated hosts when node_num > 1; the first is the master")
-    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                   help="auto = cuda when OneFlow sees a GPU, else cpu")
-    g.add_argument("--master_port", type=int, default=None,
-                   help="rank 0's port (default: a free port on one node, 29500 on several)")
+    add_launch_flags(p)
     g = p.add_argument_group("model")
     g.add_argument("--init_checkpoint", required=True,
                    help="weights to start from: a Hugging Face-format directory (config.json + "
