@@ -18,7 +18,6 @@ so it cannot be split by record.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -30,7 +29,7 @@ import numpy as np
 from .loaders import count_parts
 from .ofrecord import DataError, part_paths, read_records, validate_data_dir
 from .squad.examples import SquadDataError
-from .squad.features import MANIFEST_NAME, squad_eval_schema, squad_train_schema
+from .squad.features import MANIFEST_NAME, sha256_file, squad_eval_schema, squad_train_schema
 
 __all__ = [
     "MINILM_PACKAGE",
@@ -140,13 +139,6 @@ def load_qa_model(model_dir, seed: int | None = None, quiet: bool = False):
 
 
 # --------------------------------------------------------------------------------------- data
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def subset_squad_json(src, max_questions: int, dst) -> Path:
     """Write ``max_questions`` questions of a SQuAD file, evenly spaced through it, to ``dst``.
@@ -215,7 +207,7 @@ def build_squad_data(input_file, vocab_file, output_dir, is_training: bool, *, m
     from .tokenization import load_tokenizer
 
     output_dir = Path(output_dir)
-    wanted = {"is_training": is_training, "input_sha256": _sha256(input_file),
+    wanted = {"is_training": is_training, "input_sha256": sha256_file(input_file),
               "max_seq_length": max_seq_length, "doc_stride": doc_stride,
               "max_query_length": max_query_length, "do_lower_case": do_lower_case,
               "data_part_num": data_part_num}
@@ -272,7 +264,7 @@ def check_squad_data(data_dir, is_training: bool, max_seq_length: int, num_ranks
                 f"{data_dir} was made with max_seq_length {manifest.get('max_seq_length')}, but "
                 f"--max_seq_length is {max_seq_length}")
     if not is_training and predict_file is not None and manifest.get("input_sha256"):
-        if _sha256(predict_file) != manifest["input_sha256"]:
+        if sha256_file(predict_file) != manifest["input_sha256"]:
             raise SquadDataError(
                 f"--predict_file {predict_file} is not the file {data_dir} was made from "
                 f"({manifest.get('input_file')}): the predictions could not be mapped to its text")

@@ -460,7 +460,7 @@ def features_digest(features: Iterable[SquadFeature]) -> str:
     return h.hexdigest()
 
 
-def _sha256_file(path) -> str:
+def sha256_file(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -552,7 +552,7 @@ def make_squad_data(
     metadata = {}
     if isinstance(input_file, (str, Path)):  # not for an in-memory JSON object
         metadata["input_file"] = str(Path(input_file).resolve())
-        metadata["input_sha256"] = _sha256_file(input_file)
+        metadata["input_sha256"] = sha256_file(input_file)
     metadata |= {
         "doc_stride": doc_stride,
         "max_query_length": max_query_length,
@@ -592,7 +592,7 @@ def load_eval_features(
         raise SquadDataError(f"{manifest_path} is not valid JSON: {err}") from None
     if manifest.get("is_training", True):
         raise SquadDataError(f"{data_dir} holds training features; eval features are needed")
-    if "input_sha256" in manifest and _sha256_file(input_file) != manifest["input_sha256"]:
+    if "input_sha256" in manifest and sha256_file(input_file) != manifest["input_sha256"]:
         raise SquadDataError(
             f"{input_file} is not the file {data_dir} was made from "
             f"({manifest.get('input_file')}); its sha256 differs"
