@@ -155,24 +155,29 @@ class BertSelfAttention(nn.Module):
         return context, probs
 
 
-class BertSelfOutput(nn.Module):
-    """Project the heads back to H, dropout, then the residual connection and LayerNorm (post-LN)."""
+class BertResidualOutput(nn.Module):
+    """How both sub-layers end: project to H, dropout, add the sub-layer's input, LayerNorm (post-LN).
 
-    def __init__(self, config: BertConfig):
+    The attention sub-layer projects its heads back (in_size = H); the feed-forward block its
+    intermediate activations (in_size = I). Hugging Face has two classes for this; one suffices,
+    and the parameter names (``attention.output.dense``, ``output.LayerNorm``, ...) are the same.
+    """
+
+    def __init__(self, config: BertConfig, in_size: int):
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(in_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, context, residual):  # both float32 [B, S, H]
-        return self.LayerNorm(self.dropout(self.dense(context)) + residual)
+    def forward(self, x, residual):  # x float32 [B, S, in_size], residual [B, S, H] -> [B, S, H]
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
 
 
 class BertAttention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.self = BertSelfAttention(config)
-        self.output = BertSelfOutput(config)
+        self.output = BertResidualOutput(config, config.hidden_size)
 
     def forward(self, hidden, mask_bias):
         context, probs = self.self(hidden, mask_bias)
@@ -191,19 +196,6 @@ class BertIntermediate(nn.Module):
         return self.act(self.dense(hidden))
 
 
-class BertOutputBlock(nn.Module):
-    """Second half of the feed-forward block: I -> H, dropout, residual, LayerNorm."""
-
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.dense = Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, intermediate, residual):  # [B, S, I], [B, S, H] -> [B, S, H]
-        return self.LayerNorm(self.dropout(self.dense(intermediate)) + residual)
-
-
 class BertLayer(nn.Module):
     """One encoder layer: self-attention sub-layer then feed-forward sub-layer."""
 
@@ -211,7 +203,7 @@ class BertLayer(nn.Module):
         super().__init__()
         self.attention = BertAttention(config)
         self.intermediate = BertIntermediate(config)
-        self.output = BertOutputBlock(config)
+        self.output = BertResidualOutput(config, config.intermediate_size)
 
     def forward(self, hidden, mask_bias):
         attended, probs = self.attention(hidden, mask_bias)
