@@ -35,7 +35,6 @@ def main():
                     help="use OneFlow's built-in layer_norm/gelu/softmax (to measure the kernels lever)")
     ap.add_argument("--mlm-everywhere", action="store_true",
                     help="MLM logits at all positions, then gathered (to measure the gather-first lever)")
-    ap.add_argument("--sgemm", action="store_true", help="also measure this process's sgemm rate")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -166,20 +165,7 @@ def main():
         warmup_s=warmup_s, step_s=times,
         step_s_median=statistics.median(times), cpu_s=cpu, sys_s=sys_s, losses=losses, peak_rss_mb=_common.peak_rss_mb(),
         oneflow=flow.__version__)
-    if args.sgemm:  # all ranks at once, as in training: the rate of every core busy
-        result["sgemm_gflops"] = sgemm_gflops(flow)
     _common.write_json(os.path.join(args.out, f"rank{rank}.json"), result)
-
-
-def sgemm_gflops(flow, n=2048, reps=5) -> float:
-    a, b = flow.randn(n, n), flow.randn(n, n)
-    flow.matmul(a, b).numpy()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        flow.matmul(a, b).numpy()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
 
 
 if __name__ == "__main__":

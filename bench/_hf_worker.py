@@ -9,7 +9,7 @@ Two variants of the same pre-training step (same config, batches, AdamW, fp32, d
   ``labels`` = -100 everywhere but the masked positions.
 
 Threads = cores (``torch.set_num_threads``), one process: PyTorch's own way to use every core.
-Writes ``{out}/hf.json`` with step times, peak RSS and the measured sgemm rate of these threads.
+Writes ``{out}/hf-{variant}.json`` with step times, CPU seconds and peak RSS.
 """
 from __future__ import annotations
 
@@ -25,19 +25,6 @@ sys.path.insert(0, HERE)
 import _common  # noqa: E402
 
 
-def sgemm_gflops(torch, n=2048, reps=5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
-    return 2 * n ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True, choices=sorted(_common.CONFIGS))
@@ -47,7 +34,6 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--sgemm", action="store_true", help="also measure the sgemm rate of these threads")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -134,8 +120,6 @@ def main():
                   peak_rss_mb=_common.peak_rss_mb(), torch=torch.__version__,
                   transformers=transformers.__version__,
                   attn_implementation=getattr(model.config, "_attn_implementation", None))
-    if args.sgemm:
-        result["sgemm_gflops"] = sgemm_gflops(torch)
     _common.write_json(os.path.join(args.out, f"hf-{args.variant}.json"), result)
 
 

@@ -45,11 +45,13 @@ sys.path.insert(0, HERE)
 
 import _common  # noqa: E402
 
-# Per config: global batch, steps timed, warm-up steps. BERT-base runs ~1-2 examples/s here, so its
-# default (4 steps of 32) keeps the whole default run near 10 minutes on 2 cores.
+# Per config: global batch, steps timed, warm-up steps. BERT-base runs ~1 example/s here, so its
+# default (3 steps of 64) keeps the whole default run near 12 minutes on 2 cores. 64 examples per
+# optimizer step (BERT's own recipe uses 256) spread the per-step costs (AdamW over 110M
+# parameters, the gradient all-reduce between processes) as real pre-training does.
 DEFAULTS = {
-    "tiny": dict(global_batch=64, steps=10, warmup=3),
-    "base": dict(global_batch=32, steps=3, warmup=1),
+    "tiny": dict(global_batch=64, steps=8, warmup=2),
+    "base": dict(global_batch=64, steps=2, warmup=1),
 }
 # bertlib's best configuration on a 2-core CPU (measured with --levers, see bench/RESULTS.md):
 # one eager process per core, gradients averaged once per step. (mode, processes, micro-batch)
@@ -57,7 +59,8 @@ BEST = {
     "tiny": ("eager", 2, 32),
     "base": ("eager", 2, 8),
 }
-HF_MICRO = {"tiny": 64, "base": 32}   # PyTorch's fastest micro-batch here (whole global batch)
+HF_MICRO = {"tiny": 64, "base": 32}   # PyTorch's micro-batch (its whole batch fits for tiny; 32 for base)
+RSS_BATCH = 8                          # peak RSS is also reported for BERT-base at this batch size
 
 
 @dataclasses.dataclass
@@ -128,6 +131,7 @@ def parse_args(argv=None):
                     help="before each run wait (up to --quiet-wait s) until the 1-minute load average is below L: "
                          "on a shared machine, other jobs slow both frameworks, and PyTorch's threads more")
     ap.add_argument("--quiet-wait", type=int, default=600)
+    ap.add_argument("--no-memory", action="store_true", help="skip the BERT-base batch-8 peak-RSS runs of HF")
     return ap.parse_args(argv)
 
 
@@ -157,7 +161,7 @@ def _run(cmd, timeout, env=None) -> tuple[int, str]:
     return proc.returncode, "\n".join(lines[-40:])
 
 
-def run_bertlib(config, run: Run, gb, steps, warmup, timeout, sgemm=False):
+def run_bertlib(config, run: Run, gb, steps, warmup, timeout):
     out_dir = tempfile.mkdtemp(prefix="bertlib-bench-")
     worker = os.path.join(HERE, "_bertlib_worker.py")
     procs, micro = run.procs, min(run.micro, gb // run.procs)
@@ -167,8 +171,6 @@ def run_bertlib(config, run: Run, gb, steps, warmup, timeout, sgemm=False):
         args.append("--builtin-kernels")
     if run.mlm_everywhere:
         args.append("--mlm-everywhere")
-    if sgemm:
-        args.append("--sgemm")
     env = dict(os.environ, GLOG_minloglevel="2", OMP_NUM_THREADS="1", **run.env)
     if procs == 1:
         cmd = [sys.executable, worker, *args]
@@ -189,18 +191,14 @@ def run_bertlib(config, run: Run, gb, steps, warmup, timeout, sgemm=False):
     result["step_s_median"] = max(r["step_s_median"] for r in ranks)
     result["cpu_s_median"] = [statistics.median(r["cpu_s"]) for r in ranks]
     result["sys_s_median"] = [statistics.median(r["sys_s"]) for r in ranks]
-    if sgemm:
-        result["sgemm_gflops"] = sum(r["sgemm_gflops"] for r in ranks)
     return result
 
 
-def run_hf(ref_python, config, variant, gb, micro, threads, steps, warmup, timeout, sgemm=False):
+def run_hf(ref_python, config, variant, gb, micro, threads, steps, warmup, timeout):
     out_dir = tempfile.mkdtemp(prefix="hf-bench-")
     cmd = [ref_python, os.path.join(HERE, "_hf_worker.py"), "--config", config, "--variant", variant,
            "--global-batch", str(gb), "--micro-batch", str(micro), "--threads", str(threads),
            "--steps", str(steps), "--warmup", str(warmup), "--out", out_dir]
-    if sgemm:
-        cmd.append("--sgemm")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["OMP_NUM_THREADS"] = str(threads)
     code, tail = _run(cmd, timeout, env)
@@ -223,6 +221,29 @@ def wait_for_quiet(limit, max_wait) -> float:
         time.sleep(10)
         waited += 10
     return os.getloadavg()[0]
+
+
+def measure_sgemm(ref_python, cores, with_torch) -> dict:
+    """sgemm GFLOP/s of the whole CPU: one OneFlow process per core at once; PyTorch, threads = cores."""
+    out = {}
+    script = os.path.join(HERE, "_sgemm.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOG_minloglevel="2")
+    procs = [subprocess.Popen([sys.executable, script, "--framework", "oneflow"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO) for _ in range(cores)]
+    try:
+        out["oneflow"] = sum(float(p.communicate(timeout=600)[0].split()[-1]) for p in procs)
+    except (ValueError, IndexError, subprocess.TimeoutExpired):
+        pass
+    if with_torch:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        env["OMP_NUM_THREADS"] = str(cores)
+        try:
+            res = subprocess.run([ref_python, script, "--framework", "torch", "--threads", str(cores)],
+                                 capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+            out["torch"] = float(res.stdout.split()[-1])
+        except (ValueError, IndexError, subprocess.TimeoutExpired):
+            pass
+    return out
 
 
 def ensure_reference_env(ref_python: str):
@@ -298,8 +319,11 @@ def main(argv=None):
     load0 = os.getloadavg()[0]
     print(f"# bertlib pre-training throughput, {started:%Y-%m-%d %H:%M}, {platform.node()}, {cores} cores, "
           f"{_cpu_model()}", flush=True)
-    results, sgemm = [], {}
-    best_key = {}
+    results, best_key = [], {}
+    wait_for_quiet(args.quiet_load, args.quiet_wait)
+    sgemm = measure_sgemm(args.ref_python, cores, with_torch=bool(variants))
+    print(f"sgemm 2048^3, all {cores} cores: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in sgemm.items()),
+          flush=True)
     for config in configs:
         d = DEFAULTS[config]
         gb = args.global_batch or d["global_batch"]
@@ -317,12 +341,9 @@ def main(argv=None):
                         mode=mode, procs=procs, micro=micro)]
         for run in runs:
             print(f"[{config}] bertlib {run.label} ...", flush=True)
-            want_sgemm = run.procs == cores and "oneflow" not in sgemm and not run.env
             load = wait_for_quiet(args.quiet_load, args.quiet_wait)
-            r = run_bertlib(config, run, gb, steps, warmup, args.timeout, sgemm=want_sgemm)
+            r = run_bertlib(config, run, gb, steps, warmup, args.timeout)
             r["load_before"] = load
-            if "sgemm_gflops" in r:
-                sgemm["oneflow"] = r["sgemm_gflops"]
             _progress(r)
             results.append(r)
         for v in variants:
@@ -330,13 +351,19 @@ def main(argv=None):
             for threads in [int(t) for t in str(args.threads).split(",")]:
                 print(f"[{config}] HF {v} micro-batch {micro}, {threads} threads ...", flush=True)
                 load = wait_for_quiet(args.quiet_load, args.quiet_wait)
-                r = run_hf(args.ref_python, config, v, gb, micro, threads, steps, warmup, args.timeout,
-                           sgemm=threads == cores and "torch" not in sgemm)
+                r = run_hf(args.ref_python, config, v, gb, micro, threads, steps, warmup, args.timeout)
                 r["load_before"] = load
-                if "sgemm_gflops" in r:
-                    sgemm["torch"] = r["sgemm_gflops"]
                 _progress(r)
                 results.append(r)
+    # peak RSS of BERT-base at batch 8 per process: bertlib's best configuration already runs micro-batches
+    # of 8; PyTorch's throughput runs use bigger ones, so one short run of each HF variant at batch 8
+    memory = []
+    if "base" in configs and variants and not args.no_memory:
+        for v in variants:
+            print(f"[base] HF {v} at batch {RSS_BATCH}, one step, for its peak RSS ...", flush=True)
+            r = run_hf(args.ref_python, "base", v, RSS_BATCH, RSS_BATCH, cores, 1, 0, args.timeout)
+            if "error" not in r:
+                memory.append(r)
     peak = max(sgemm.values()) if sgemm else None
     summarise(results, peak)
     for config in configs:
@@ -346,7 +373,7 @@ def main(argv=None):
     out = [f"Command: `python bench/pretrain_throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", " `").rstrip(),
            f"Machine: {platform.node()}, {cores} cores ({_cpu_model()}), {_mem_gb():.0f} GB RAM; "
            f"date {started:%Y-%m-%d %H:%M}; load average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}",
-           f"sgemm peak of the same {cores} cores (2048^3, best of 5): "
+           f"sgemm peak of the same {cores} cores (2048^3, best of 8; OneFlow: one process per core at once): "
            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in sorted(sgemm.items()))
            + (f"; MFU uses {peak:.0f}" if peak else ""),
            "Settings: seq 128, 20 masked positions, AdamW (wd 0.01, eps 1e-6), fp32, dropout 0.1; "
@@ -362,6 +389,18 @@ def main(argv=None):
         out.append("")
         out.extend(table(results, config, best_key))
         out.append("")
+    if memory or "base" in configs:
+        rows = [r for r in results if r["config"] == "base" and r["framework"] == "bertlib" and "error" not in r
+                and r["micro_batch"] == RSS_BATCH]
+        if rows or memory:
+            out += [f"### peak RSS per process, BERT-base, batch {RSS_BATCH} per process (after one optimizer step)", "",
+                    "| run | peak RSS / process (MiB) |", "|---|---:|"]
+            for r in rows:
+                out.append(f"| {_label(r)} ({r['processes']} processes) | "
+                           + " / ".join(f"{m:.0f}" for m in r["peak_rss_mb"]) + " |")
+            for r in memory:
+                out.append(f"| {_label(r)} | {r['peak_rss_mb'][0]:.0f} |")
+            out.append("")
     text = "\n".join(out)
     print("\n" + text, flush=True)
     if args.markdown:
@@ -369,7 +408,8 @@ def main(argv=None):
             f.write(text + "\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(started=started.isoformat(), sgemm_gflops=sgemm, results=results), f, indent=1)
+            json.dump(dict(started=started.isoformat(), sgemm_gflops=sgemm, results=results, memory=memory), f,
+                      indent=1)
     return 0 if all("error" not in r for r in results) else 1
 
 
