@@ -6,21 +6,24 @@ definition (the Hugging Face parity test guards the forward pass, tests/test_ker
 gradients against OneFlow's built-ins).
 
 Why this file exists: OneFlow 0.9's CPU kernels are single-threaded and of very uneven quality.
-Matrix products run at ~110 GFLOP/s per core (MKL), flat element-wise arithmetic is vectorised
-(~0.5 ns per float), and the forward softmax / log-softmax are fast. But, measured on the 2-core
-AMD EPYC (Zen 3) development machine (ms, one core, see bench/RESULTS.md for the whole table):
+Matrix products run at ~88 GFLOP/s per core (its bundled OpenBLAS, once bertlib.runtime names the
+AVX2 kernels on AMD CPUs), flat element-wise arithmetic is vectorised (~0.5 ns per float) and the
+forward softmax / log-softmax are fast. The rest is slow. Measured on the 2-core AMD EPYC (Zen 3)
+development machine, one core, fwd+bwd (bench/op_profile.py prints these at the model's shapes):
 
 * broadcasting a *column* ``x[M, H] - m[M, 1]`` is ~60x slower than a flat op, and its backward
   (a sum over the last axis) is as slow; ``m @ ones[1, H]`` builds the same [M, H] operand with a
   K=1 matmul in a flat op's time. Row sums are likewise ``x @ ones[H, 1]``;
-* ``layer_norm`` forward+backward on [1024, 768]: 340 ms built-in, ~15 ms written with the two
-  tricks above and an explicit backward;
-* ``erf`` / ``exp`` / ``tanh`` are scalar libm loops (5-30 ns per float) and the built-in GELU's
-  backward kernel is ~8x slower than its forward;
-* ``softmax`` / ``log_softmax`` backward kernels are 5-20x slower than their (oneDNN) forwards.
+* ``layer_norm`` on [1024, 768]: 344 ms built-in, 11 ms written with those two tricks and an
+  explicit backward (on [4096, 128]: 290-495 ms vs 13-15 ms);
+* ``erf`` / ``exp`` / ``tanh`` / ``sqrt`` are scalar libm loops (8-25 ns per float) and the
+  built-in GELU's backward kernel is slower than its forward;
+* ``log_softmax``'s backward kernel is ~10x slower than its forward, and linear's bias gradient
+  goes through a slow column-sum kernel.
 
-So on the CPU each op below is an ``autograd.Function`` whose forward and backward use only the
-fast primitives (matmul, flat arithmetic, the forward softmax kernels). On CUDA OneFlow's native
+So on the CPU each op below (softmax aside: its built-in backward is fine) is an
+``autograd.Function`` whose forward and backward use only the fast primitives (matmul, flat
+arithmetic, the forward softmax kernels). On CUDA OneFlow's native
 fused kernels are the fast ones and are used unchanged. Formulations are chosen per call from the
 tensor's device, so one model object works on both, eagerly or inside ``nn.Graph`` (a custom
 ``autograd.Function`` is traced into the graph like any other op).
