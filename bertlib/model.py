@@ -87,6 +87,25 @@ class Linear(nn.Linear):
         return kernels.linear(x, self.weight, self.bias)
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same ``p``, same ``generator``) through :func:`bertlib.kernels.dropout`.
+
+    ``forward(x, addend)`` returns dropout(x) + addend, as OneFlow's fused dropout does.
+    ``manual_seed`` re-seeds the generator and restarts the CPU mask stream from it.
+    """
+
+    def __init__(self, p: float):
+        super().__init__(p)
+        self.stream = kernels.DropoutStream()
+
+    def manual_seed(self, seed: int):
+        self.generator.manual_seed(seed)
+        self.stream.reset()
+
+    def forward(self, x, addend=None):
+        return kernels.dropout(x, self.p, self.training, self.generator, self.stream, addend)
+
+
 def activation(name: str):
     if name == "gelu":
         return kernels.gelu  # exact erf form, as in the paper's code
@@ -104,7 +123,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids):
         """input_ids, token_type_ids: int64 [B, S] -> float32 [B, S, H]."""
@@ -129,7 +148,7 @@ class BertSelfAttention(nn.Module):
         self.query = Linear(config.hidden_size, config.hidden_size)
         self.key = Linear(config.hidden_size, config.hidden_size)
         self.value = Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout = Dropout(config.attention_probs_dropout_prob)
 
     def forward(self, hidden, mask_bias):
         """hidden: float32 [B, S, H]; mask_bias: float32 [B, 1, 1, S], 0 for tokens, -10000 for padding.
@@ -167,10 +186,10 @@ class BertResidualOutput(nn.Module):
         super().__init__()
         self.dense = Linear(in_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x, residual):  # x float32 [B, S, in_size], residual [B, S, H] -> [B, S, H]
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        return self.LayerNorm(self.dropout(self.dense(x), addend=residual))
 
 
 class BertAttention(nn.Module):

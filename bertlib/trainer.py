@@ -162,12 +162,13 @@ class Trainer:
         OneFlow's nn.Dropout draws from a generator of its own, created with a random seed, so
         ``flow.manual_seed`` does not reach it; re-seeding per step makes a resumed run exact.
         """
-        if not hasattr(self, "_dropout_generators"):
-            self._dropout_generators = [m.generator for m in model.modules()
-                                        if isinstance(m, self.flow.nn.Dropout)]
+        if not hasattr(self, "_dropouts"):
+            self._dropouts = [m for m in model.modules() if isinstance(m, self.flow.nn.Dropout)]
         base = (self.opt.seed * 1_000_003 + step * self.world + self.rank) * 1_009
-        for index, generator in enumerate(self._dropout_generators):
-            generator.manual_seed(base + index)
+        for index, module in enumerate(self._dropouts):
+            # bertlib's Dropout also restarts its CPU mask stream (bertlib.kernels.dropout)
+            seed = getattr(module, "manual_seed", module.generator.manual_seed)
+            seed(base + index)
 
     def _eager_step(self, model, optimizer, batches):
         flow, acc = self.flow, self.opt.num_accumulation_steps

@@ -191,3 +191,55 @@ def test_kernels_work_inside_nn_graph():
     graph_loss = Step()(x)
     np.testing.assert_allclose(graph_loss.numpy(), eager.numpy(), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(before - w.numpy(), eager_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_mask_is_bernoulli_and_scaled():
+    from bertlib.model import Dropout
+
+    layer = Dropout(0.1)
+    layer.manual_seed(7)
+    x = flow.tensor(np.full((64, 12, 128), 2.0, np.float32), requires_grad=True)
+    y = layer(x)
+    y.backward(flow.ones_like(y))
+    out = y.numpy()
+    kept = out != 0
+    np.testing.assert_allclose(np.unique(out), [0.0, 2.0 / 0.9], rtol=1e-6)  # dropped or scaled by 1/(1-p)
+    n = kept.size
+    assert abs(kept.mean() - 0.9) < 4 * np.sqrt(0.9 * 0.1 / n)             # 4 sigma of Bernoulli(0.9)
+    np.testing.assert_allclose(x.grad.numpy(), kept / 0.9, rtol=1e-6)       # dx = dy * mask
+    # independent across elements: neighbours are dropped together as often as chance says
+    both = (~kept[..., 1:] & ~kept[..., :-1]).mean()
+    assert abs(both - 0.01) < 0.002
+
+
+def test_dropout_masks_follow_the_generator_seed():
+    from bertlib.model import Dropout
+
+    layer = Dropout(0.1)
+    x = flow.ones(8, 1000)
+    layer.manual_seed(3)
+    first, second = layer(x).numpy(), layer(x).numpy()
+    assert not np.array_equal(first, second)                # the stream moves on between calls
+    layer.manual_seed(3)                                     # ... and restarts from the seed
+    np.testing.assert_array_equal(layer(x).numpy(), first)
+    np.testing.assert_array_equal(layer(x).numpy(), second)
+    layer.generator.manual_seed(4)                           # a new seed on the generator alone
+    assert not np.array_equal(layer(x).numpy(), first)
+    other = Dropout(0.1)
+    other.manual_seed(3)
+    np.testing.assert_array_equal(other(x).numpy(), first)  # a function of the seed, not the layer
+
+
+def test_dropout_eval_and_addend():
+    from bertlib.model import Dropout
+
+    layer = Dropout(0.1)
+    x, r = flow.tensor(RNG.randn(4, 5).astype(np.float32)), flow.tensor(RNG.randn(4, 5).astype(np.float32))
+    layer.eval()
+    np.testing.assert_array_equal(layer(x).numpy(), x.numpy())
+    np.testing.assert_allclose(layer(x, addend=r).numpy(), (x + r).numpy())
+    layer.train()
+    layer.manual_seed(1)
+    plain = layer(x).numpy()
+    layer.manual_seed(1)
+    np.testing.assert_allclose(layer(x, addend=r).numpy(), plain + r.numpy(), rtol=1e-6)
