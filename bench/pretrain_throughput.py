@@ -15,8 +15,10 @@ timed in steady state after warm-up steps on synthetic batches. Runs:
 
 Prints samples/s, tokens/s, model FLOP utilisation (model FLOPs per second over the measured sgemm
 peak of the same cores), peak RSS per process, and the ratios bertlib / (a) and bertlib / (b).
+Every configuration runs ``--rounds`` times (default 2), the frameworks interleaved, and keeps its
+best round: on a shared VM the speed of the same work drifts by 10-20% over minutes.
 
-    python bench/pretrain_throughput.py                          # tiny + base, ~10 min on 2 cores
+    python bench/pretrain_throughput.py                          # tiny + base, ~35 min on 2 cores
     python bench/pretrain_throughput.py --configs tiny --steps 5 # quick look
     python bench/pretrain_throughput.py --levers                 # every lever, one at a time
 
@@ -45,16 +47,17 @@ sys.path.insert(0, HERE)
 
 import _common  # noqa: E402
 
-# Per config: global batch, steps timed, warm-up steps. BERT-base runs ~1 example/s here, so its
-# default (3 steps of 64) keeps the whole default run near 12 minutes on 2 cores. 64 examples per
+# Per config: global batch, steps timed, warm-up steps. BERT-base runs ~1.5 examples/s here, so its
+# default (3 steps of 64, twice) keeps the whole default run near 35 minutes on 2 cores. 64 examples per
 # optimizer step (BERT's own recipe uses 256) spread the per-step costs (AdamW over 110M
 # parameters, the gradient all-reduce between processes) as real pre-training does.
 DEFAULTS = {
     "tiny": dict(global_batch=64, steps=8, warmup=2),
     "base": dict(global_batch=64, steps=2, warmup=1),
 }
-# bertlib's best configuration on a 2-core CPU (measured with --levers, see bench/RESULTS.md):
-# one eager process per core, gradients averaged once per step. (mode, processes, micro-batch)
+# bertlib's best configuration on a 2-core CPU (measured with --levers and --bertlib, see
+# bench/RESULTS.md): one eager process per core, gradients averaged once per step; BERT-base in
+# micro-batches of 16 (~4% faster than 8: fewer, larger matmuls). (mode, processes, micro-batch)
 BEST = {
     "tiny": ("eager", 2, 32),
     "base": ("eager", 2, 16),

@@ -374,6 +374,15 @@ class DropoutStream:
         return self.rng.random(shape, dtype=np.float32)
 
 
+def dropout_mask(p: float, generator, stream: DropoutStream, shape) -> np.ndarray:
+    """float32 array of ``shape``: 1 / (1 - p) with probability 1 - p, else 0 (a scaled Bernoulli mask)."""
+    keep = 1.0 - p
+    u = stream.uniform(generator, tuple(shape))
+    kept = np.less(u, np.float32(keep))
+    np.multiply(kept, np.float32(1.0 / keep), out=u)                  # the scaled mask, in place
+    return u
+
+
 def dropout(x, p: float, training: bool, generator, stream: DropoutStream, addend=None):
     """Inverted dropout: x * mask / (1 - p), mask ~ Bernoulli(1 - p) per element, then + addend.
 
@@ -386,9 +395,74 @@ def dropout(x, p: float, training: bool, generator, stream: DropoutStream, adden
         return x if addend is None else x + addend
     if not on_cpu(x) or x.is_lazy or x.is_global:
         return flow._C.dropout(x, p, training, False, generator, addend=addend)
-    keep = 1.0 - p
-    u = stream.uniform(generator, tuple(x.shape))
-    kept = np.less(u, np.float32(keep))
-    np.multiply(kept, np.float32(1.0 / keep), out=u)                  # the scaled mask, in place
-    y = x * flow.from_numpy(u)
+    y = x * flow.from_numpy(dropout_mask(p, generator, stream, x.shape))
     return y if addend is None else y + addend
+
+
+# ------------------------------------------------------------------------------ self-attention
+def eager_on_cpu(x) -> bool:
+    """True for a local CPU tensor outside nn.Graph: where NumPy can work on the tensor's memory."""
+    return not x.is_lazy and not x.is_global and on_cpu(x)
+
+
+class _CpuAttentionCore(flow.autograd.Function):
+    """softmax(Q K^T / sqrt(D) + mask_bias), dropout, times V, for every head, with NumPy's matmul.
+
+    Inputs: qkv float32 [B, S, 3, N, D] (the fused projection, contiguous), mask_bias float32
+    [B, 1, 1, S], keep float32 [B, N, S, S] (the scaled dropout mask; all ones without dropout).
+    Outputs: context float32 [B, S, N * D] and the probabilities float32 [B, N, S, S] (pre-dropout).
+
+    Why: OneFlow's batched matmul needs contiguous [B, N, S, D] operands, so splitting the heads
+    costs permute copies both ways, and it runs these 128 x 64 x 128 products at ~40 GFLOP/s. NumPy's
+    matmul reads Q, K, V in place as strided views of qkv (each [S, D] head is a BLAS matrix with
+    leading dimension 3 N D), writes the context straight into [B, S, N, D] order and the gradients
+    straight into their slots of d qkv. The softmax stays OneFlow's (vectorised exp).
+    Backward, with P the probabilities, P' = P * keep and G = d context:
+        dV = P'^T G,  dP = (G V^T) * keep + d probs,  dS = P * (dP - rowsum(dP * P)),
+        dQ = dS K / sqrt(D),  dK = dS^T Q / sqrt(D).
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, mask_bias, keep):
+        a = qkv.numpy()                                                          # [B, S, 3, N, D]
+        B, S, _, N, D = a.shape
+        scale = np.float32(1.0 / math.sqrt(D))
+        q = np.multiply(a[:, :, 0], scale).transpose(0, 2, 1, 3)                # [B, N, S, D], scaled
+        k, v = a[:, :, 1].transpose(0, 2, 1, 3), a[:, :, 2].transpose(0, 2, 1, 3)
+        scores = np.matmul(q, k.transpose(0, 1, 3, 2))                          # [B, N, S, S]
+        scores += mask_bias.numpy()                                             # [B, 1, 1, S] rows
+        probs = flow.softmax(flow.from_numpy(scores), dim=-1)                   # [B, N, S, S]
+        dropped = np.multiply(probs.numpy(), keep.numpy())                      # [B, N, S, S]
+        context = np.empty((B, S, N, D), np.float32)
+        np.matmul(dropped, v, out=context.transpose(0, 2, 1, 3))                # heads merged in place
+        ctx.save_for_backward(qkv, probs, keep, flow.from_numpy(dropped))
+        return flow.from_numpy(context.reshape(B, S, N * D)), probs
+
+    @staticmethod
+    def backward(ctx, d_context, d_probs):
+        qkv, probs, keep, dropped = ctx.saved_tensors
+        a, p, dropped = qkv.numpy(), probs.numpy(), dropped.numpy()
+        B, S, _, N, D = a.shape
+        scale = np.float32(1.0 / math.sqrt(D))
+        k, v = a[:, :, 1].transpose(0, 2, 1, 3), a[:, :, 2].transpose(0, 2, 1, 3)
+        g = d_context.contiguous().numpy().reshape(B, S, N, D).transpose(0, 2, 1, 3)  # [B, N, S, D]
+        grad = np.empty_like(a)                                                  # [B, S, 3, N, D]
+        gq, gk, gv = (grad[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        np.matmul(dropped.transpose(0, 1, 3, 2), g, out=gv)                     # dV
+        dp = np.matmul(g, v.transpose(0, 1, 3, 2))                              # [B, N, S, S]
+        dp *= keep.numpy()
+        if d_probs is not None:
+            dp += d_probs.contiguous().numpy()
+        dp -= np.multiply(dp, p).sum(axis=-1, keepdims=True)
+        dp *= p                                                                  # dS
+        np.matmul(dp, k, out=gq)
+        gq *= scale                                                              # dQ
+        q = np.multiply(a[:, :, 0], scale).transpose(0, 2, 1, 3)
+        np.matmul(dp.transpose(0, 1, 3, 2), q, out=gk)                         # dK
+        return flow.from_numpy(grad), None, None
+
+
+def self_attention(qkv, mask_bias, keep):
+    """qkv float32 [B, S, 3, N, D], mask_bias [B, 1, 1, S], keep [B, N, S, S] (scaled dropout mask)
+    -> context float32 [B, S, N * D], probabilities [B, N, S, S]; see _CpuAttentionCore."""
+    return _CpuAttentionCore.apply(qkv.contiguous(), mask_bias.contiguous(), keep)

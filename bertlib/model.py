@@ -105,6 +105,12 @@ class Dropout(nn.Dropout):
     def forward(self, x, addend=None):
         return kernels.dropout(x, self.p, self.training, self.generator, self.stream, addend)
 
+    def mask(self, shape):
+        """The scaled mask this layer would multiply a CPU tensor of ``shape`` by: float32, 0 or 1 / (1 - p)."""
+        if not self.training or self.p == 0.0:
+            return flow.ones(*shape)
+        return flow.from_numpy(kernels.dropout_mask(self.p, self.generator, self.stream, shape))
+
 
 def activation(name: str):
     if name == "gelu":
@@ -160,8 +166,11 @@ class BertSelfAttention(nn.Module):
         # One matmul for Q, K and V: the three weights side by side give a [B, S, 3H] result.
         qkv_weight = flow.cat([self.query.weight, self.key.weight, self.value.weight], dim=0)  # [3H, H]
         qkv_bias = flow.cat([self.query.bias, self.key.bias, self.value.bias], dim=0)          # [3H]
-        qkv = kernels.linear(hidden, qkv_weight, qkv_bias)                                      # [B, S, 3H]
-        qkv = qkv.reshape(B, S, 3, N, D).permute(2, 0, 3, 1, 4)                                 # [3, B, N, S, D]
+        qkv = kernels.linear(hidden, qkv_weight, qkv_bias).reshape(B, S, 3, N, D)               # [B, S, 3, N, D]
+        if kernels.eager_on_cpu(qkv):
+            # the same maths below, heads read in place by NumPy's batched matmul (bertlib.kernels)
+            return kernels.self_attention(qkv, mask_bias, self.dropout.mask((B, N, S, S)))
+        qkv = qkv.permute(2, 0, 3, 1, 4)                                                        # [3, B, N, S, D]
         # unbind, not qkv[0], qkv[1], qkv[2]: three index ops would each write a full-size
         # [3, B, N, S, D] gradient in the backward pass; unbind's backward is one stack.
         q, k, v = flow.unbind(qkv, 0)                                                           # [B, N, S, D]

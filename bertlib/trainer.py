@@ -7,7 +7,8 @@ batch is therefore ``world_size x batch_size_per_device x num_accumulation_steps
 
 Two ways to run a step:
 
-* ``eager``: ordinary Python, gradients averaged by ``flow.nn.parallel.DistributedDataParallel``.
+* ``eager``: ordinary Python, gradients averaged by ``flow.nn.parallel.DistributedDataParallel``
+  (with gradient accumulation: one all-reduce per step, after the last micro-batch).
 * ``graph``: the step is traced once into a OneFlow ``nn.Graph`` (forward, backward, clipping and
   the optimizer compiled together); across ranks the model is a *global* tensor program —
   parameters ``broadcast`` (replicated) and batches ``split(0)`` (sharded) — and OneFlow inserts the
@@ -119,9 +120,18 @@ class Trainer:
             start_step, consumed = state["step"], state["consumed_batches"]
             self._print(f"Resumed from {state['path']} at iter {start_step}")
         self.step_module = _LossModule(model, self.loss_fn)
+        self._reduce_after_accumulation = None
         if self.world > 1 and opt.mode == "eager":
-            # replicas start identical (rank 0's weights are broadcast) and gradients are averaged
-            self.step_module = flow.nn.parallel.DistributedDataParallel(self.step_module)
+            if opt.num_accumulation_steps == 1:
+                # replicas start identical (rank 0's weights are broadcast) and gradients are averaged
+                self.step_module = flow.nn.parallel.DistributedDataParallel(self.step_module)
+            else:
+                # DDP would all-reduce after every micro-batch; averaging once, after the last one,
+                # is the same update for 1/acc of the traffic (BERT-base: 440 MB, ~0.9 s on 2 CPU ranks)
+                with flow.no_grad():   # in place on a leaf that requires grad would make it a non-leaf
+                    for tensor in list(model.parameters()) + list(model.buffers()):
+                        flow.comm.broadcast(tensor, 0)
+                self._reduce_after_accumulation = [p for p in model.parameters() if p.requires_grad]
         step_fn = self._eager_step if opt.mode == "eager" else self._graph_step_fn(model, optimizer)
         if opt.log_dir and self.rank == 0 and start_step == 0:
             # a new run starts a new log; a resumed one continues its own
@@ -178,6 +188,10 @@ class Trainer:
             (outs[0] / acc).backward()
             detached = flow.stack([o.detach() for o in outs]) / acc
             total = detached if total is None else total + detached
+        for param in self._reduce_after_accumulation or ():
+            if param.grad is not None:
+                flow.comm.all_reduce(param.grad)
+                param.grad /= self.world
         if self.opt.clip_grad_norm:
             flow.nn.utils.clip_grad_norm_(model.parameters(), self.opt.clip_grad_norm)
         optimizer.step()

@@ -243,3 +243,33 @@ def test_dropout_eval_and_addend():
     plain = layer(x).numpy()
     layer.manual_seed(1)
     np.testing.assert_allclose(layer(x, addend=r).numpy(), plain + r.numpy(), rtol=1e-6)
+
+
+def _attention_reference(qkv, mask_bias, keep):
+    """The textbook formulation with OneFlow ops (as in BertSelfAttention's graph/CUDA path)."""
+    B, S, _, N, D = qkv.shape
+    q, k, v = flow.unbind(qkv.permute(2, 0, 3, 1, 4), 0)
+    probs = flow.softmax(flow.matmul(q, k.transpose(-1, -2)) / D ** 0.5 + mask_bias, dim=-1)
+    context = flow.matmul(probs * keep, v).permute(0, 2, 1, 3).reshape(B, S, N * D)
+    return context, probs
+
+
+def test_attention_core_matches_oneflow_ops():
+    B, S, N, D = 3, 10, 4, 8
+    qkv = RNG.randn(B, S, 3, N, D).astype(np.float32)
+    mask = np.zeros((B, 1, 1, S), np.float32)
+    mask[1, ..., -3:] = -10000.0                                         # padding in one example
+    keep = ((RNG.rand(B, N, S, S) > 0.1) / 0.9).astype(np.float32)
+    g_ctx = RNG.randn(B, S, N * D).astype(np.float32)
+    g_probs = RNG.randn(B, N, S, S).astype(np.float32)
+
+    def run(fn):
+        x = flow.tensor(qkv, requires_grad=True)
+        context, probs = fn(x, flow.tensor(mask), flow.tensor(keep))
+        (context * flow.tensor(g_ctx)).sum().add((probs * flow.tensor(g_probs)).sum()).backward()
+        return context.numpy(), probs.numpy(), x.grad.numpy()
+
+    ours, ref = run(kernels.self_attention), run(_attention_reference)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+    assert np.abs(ours[1][1, ..., -3:]).max() == 0.0                    # padding gets no attention

@@ -54,6 +54,20 @@ def test_two_processes_average_across_ranks(tmp_path):
     assert json.loads(two.read_text())[0]["sentences_per_sec"] > 0
 
 
+def test_accumulation_across_processes_is_the_same_update(tmp_path):
+    """2 ranks x 2 micro-batches of 2 (one all-reduce per step) = 2 ranks x 1 batch of 4 (DDP)."""
+    whole, halves = tmp_path / "whole.json", tmp_path / "halves.json"
+    proc, _ = run_job(["--iters", "4", "--no_dropout", "--out", str(whole)], 2)
+    assert proc.returncode == 0, proc.stderr
+    proc, _ = run_job(["--iters", "4", "--no_dropout", "--accumulation", "2", "--out", str(halves)], 2)
+    assert proc.returncode == 0, proc.stderr
+    a, b = losses(whole), losses(halves)
+    assert [r[0] for r in a] == [r[0] for r in b] == [0, 1, 2, 3]
+    for ra, rb in zip(a, b):
+        assert ra[1:] == pytest.approx(rb[1:], abs=2e-5), (ra, rb)
+    assert a[0][1] != a[-1][1]   # the steps did change the model: equal losses are not trivially equal
+
+
 def _leftover(marker):
     found = []
     for pid in os.listdir("/proc"):

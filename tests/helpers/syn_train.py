@@ -23,7 +23,8 @@ from bertlib.trainer import Trainer, TrainOptions  # noqa: E402
 V, S, P, B = 300, 24, 4, 4
 
 
-def batches(skip, fail_step=None, kill=False):
+def batches(skip, fail_step=None, kill=False, micro=B):
+    """Batches of B examples, each yielded as B // micro micro-batches (the same examples either way)."""
     rng = np.random.RandomState(1000 + runtime.rank())
     index = 0
     while True:
@@ -40,9 +41,10 @@ def batches(skip, fail_step=None, kill=False):
                  "masked_lm_ids": rng.randint(5, V, (B, P)),
                  "masked_lm_weights": np.ones((B, P), np.float32),
                  "next_sentence_labels": rng.randint(0, 2, (B, 1))}
-        if index >= skip:
-            yield {k: flow.tensor(v) for k, v in batch.items()}
-        index += 1
+        for start in range(0, B, micro):
+            if index >= skip:
+                yield {k: flow.tensor(v[start:start + micro]) for k, v in batch.items()}
+            index += 1
 
 
 def main():
@@ -56,16 +58,21 @@ def main():
     p.add_argument("--fail_step", type=int, default=None)
     p.add_argument("--kill", action="store_true")
     p.add_argument("--out", default=None, help="rank 0 writes its log records here as JSON")
+    p.add_argument("--accumulation", type=int, default=1, help="micro-batches of B / accumulation per step")
+    p.add_argument("--no_dropout", action="store_true")
     args = p.parse_args()
     flow.manual_seed(7)
+    drop = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0) if args.no_dropout else {}
     model = BertForPreTraining(BertConfig.tiny(vocab_size=V, hidden_size=32, intermediate_size=64,
-                                               max_position_embeddings=S))
+                                               max_position_embeddings=S, **drop))
+    micro = B // args.accumulation
     fail = args.fail_step if args.fail_rank == runtime.rank() else None
-    options = TrainOptions(iter_num=args.iters, batch_size_per_device=B, learning_rate=1e-3,
+    options = TrainOptions(iter_num=args.iters, batch_size_per_device=micro,
+                           num_accumulation_steps=args.accumulation, learning_rate=1e-3,
                            warmup_batches=2, loss_print_every_n_iter=1, mode=args.mode,
                            model_save_every_n_iter=args.save_every, model_save_dir=args.save_dir,
                            model_load_dir=args.load, progress=False)
-    trainer = Trainer(model, pretraining_step_loss, lambda skip: batches(skip, fail, args.kill), options,
+    trainer = Trainer(model, pretraining_step_loss, lambda skip: batches(skip, fail, args.kill, micro), options,
                       metric_names=("total_loss", "mlm_loss", "nsp_loss"), log_line=log_line)
     records = trainer.fit()
     if args.out and runtime.rank() == 0:
