@@ -6,7 +6,8 @@ Three views, each printed as a markdown table:
 1. the step: forward, backward, optimizer (CPU seconds, synchronised around each part);
 2. one encoder layer, forward + backward: the whole layer and each of its pieces timed alone at the
    same shapes (matmuls, GELU, LayerNorm, dropout, softmax, permutes, residual adds);
-3. each op of bertlib.kernels against OneFlow's built-in at the model's shapes (fwd + bwd, ms).
+3. each op of bertlib.kernels against OneFlow's built-in at the model's shapes (fwd + bwd, ms); for
+   the attention core, against the same maths written with OneFlow ops (the CUDA / graph path).
 
     python bench/op_profile.py --config base --batch 8
     python bench/op_profile.py --config tiny --batch 32
@@ -112,22 +113,16 @@ def main():
         return best_of(run)
 
     full = timed(lambda t: layer(t, mask)[0], (B, S, H))
+    attn_dropout, hidden_dropout = M.Dropout(0.1), M.Dropout(0.1)
     pieces = {
         "Q, K, V, output, FFN matmuls (+ bias)": sum(
             timed(lambda a, w, b: kernels.linear(a, w, b), (B * S, i), (o, i), (o,))
             for i, o in ((H, 3 * H), (H, H), (H, I), (I, H))),
-        "attention matmuls Q K^T, P V": timed(
-            lambda q, k: flow._C.matmul(q, k, transpose_a=False, transpose_b=True, alpha=1.0), (B, N, S, D), (B, N, S, D))
-        + timed(lambda p, v: flow.matmul(p, v), (B, N, S, S), (B, N, S, D)),
+        "attention core: Q K^T, mask, softmax, dropout, P V (mask drawn inside)": timed(
+            lambda t: kernels.self_attention(t, mask, attn_dropout.mask((B, N, S, S)))[0], (B, S, 3, N, D)),
         "GELU": timed(kernels.gelu, (B, S, I)),
         "LayerNorm (x2)": 2 * timed(lambda t, w, b: kernels.layer_norm(t, w, b, 1e-12), (B, S, H), (H,), (H,)),
-        "dropout (probabilities + 2 x hidden)": timed(lambda t: F.dropout(t, 0.1, True), (B, N, S, S))
-        + 2 * timed(lambda t: F.dropout(t, 0.1, True), (B, S, H)),
-        "mask add + softmax": timed(lambda t: kernels.softmax(t + mask), (B, N, S, S)),
-        "head split / merge (permutes)": timed(
-            lambda t: flow.unbind(t.reshape(B, S, 3, N, D).permute(2, 0, 3, 1, 4), 0)[0] * 1.0, (B, S, 3 * H))
-        + timed(lambda t: t.permute(0, 2, 1, 3).reshape(B, S, H) * 1.0, (B, N, S, D)),
-        "residual adds (x2)": 2 * timed(lambda a, b: a + b, (B, S, H), (B, S, H)),
+        "dropout + residual add (x2)": 2 * timed(lambda a, b: hidden_dropout(a, addend=b), (B, S, H), (B, S, H)),
     }
     layer_flops = 6 * B * S * (4 * H * H + 2 * H * I) + 12 * B * S * S * H
     print(f"| one encoder layer, fwd+bwd, each piece timed alone | ms | share |\n|---|---:|---:|")
@@ -157,6 +152,8 @@ def main():
         "linear (with bias)": F.linear,
         "softmax": lambda t: flow.softmax(t, dim=-1),
         "cross_entropy": lambda t, labels: -flow.gather(flow.log_softmax(t, dim=-1), 1, labels.unsqueeze(1)).squeeze(1),
+        "dropout": lambda t: F.dropout(t, 0.1, True),
+        "attention core": lambda t: attention_with_oneflow_ops(t, mask, F.dropout(flow.ones(B, N, S, S), 0.1, True)),
     }
     ours = {
         "layer_norm": lambda t, w, b: kernels.layer_norm(t, w, b, 1e-12),
@@ -164,6 +161,8 @@ def main():
         "linear (with bias)": kernels.linear,
         "softmax": kernels.softmax,
         "cross_entropy": kernels.cross_entropy,
+        "dropout": M.Dropout(0.1),
+        "attention core": lambda t: kernels.self_attention(t, mask, attn_dropout.mask((B, N, S, S)))[0],
     }
     labels = flow.randint(0, V, (B * P,))
     shapes = {
@@ -172,6 +171,8 @@ def main():
         "linear (with bias)": ([(B * S, H), (I, H), (I,)], None),
         "softmax": ([(B, N, S, S)], None),
         "cross_entropy": ([(B * P, V)], labels),
+        "dropout": ([(B, N, S, S)], None),
+        "attention core": ([(B, S, 3, N, D)], None),
     }
     print("| op, fwd+bwd at the model's shape | OneFlow built-in (ms) | bertlib.kernels (ms) | speed-up |\n|---|---:|---:|---:|")
     for name, (shp, extra) in shapes.items():
@@ -179,6 +180,17 @@ def main():
         b = fwd_bwd(ours[name], shp, extra)
         desc = " x ".join(str(list(s)) for s in shp[:1])
         print(f"| {name} {desc} | {a:.1f} | {b:.1f} | {a / b:.1f}x |")
+
+
+def attention_with_oneflow_ops(qkv, mask_bias, keep):
+    """The attention core as BertSelfAttention writes it for CUDA / nn.Graph: heads split by permutes."""
+    from bertlib.model import flow
+
+    B, S, _, N, D = qkv.shape
+    q, k, v = flow.unbind(qkv.permute(2, 0, 3, 1, 4), 0)
+    scores = flow._C.matmul(q, k, transpose_a=False, transpose_b=True, alpha=D ** -0.5)
+    probs = flow.softmax(scores + mask_bias, dim=-1)
+    return flow.matmul(probs * keep, v).permute(0, 2, 1, 3).reshape(B, S, N * D)
 
 
 def sgemm_gflops(flow, n=2048, reps=3) -> float:

@@ -106,6 +106,8 @@ def lever_runs(config: str, cores: int) -> list:
         Run(f"same, ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD=1", procs=cores, micro=micro,
             env={"ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD": "1"}),
     ]
+    if micro != RSS_BATCH:
+        runs.append(Run(f"same, micro-batch {RSS_BATCH}", procs=cores, micro=RSS_BATCH))
     return runs
 
 

@@ -19,14 +19,20 @@ development machine, one core, fwd+bwd (bench/op_profile.py prints these at the 
 * ``erf`` / ``exp`` / ``tanh`` / ``sqrt`` are scalar libm loops (8-25 ns per float) and the
   built-in GELU's backward kernel is slower than its forward;
 * ``log_softmax``'s backward kernel is ~10x slower than its forward, and linear's bias gradient
-  goes through a slow column-sum kernel.
+  goes through a slow column-sum kernel;
+* dropout draws its mask one scalar at a time (~10 ns per element), and the batched matmul of the
+  attention heads wants contiguous [B, N, S, D] operands, so splitting and merging the heads costs
+  permute copies in both passes.
 
 So on the CPU each op below (softmax aside: its built-in backward is fine) is an
 ``autograd.Function`` whose forward and backward use only the fast primitives (matmul, flat
-arithmetic, the forward softmax kernels). On CUDA OneFlow's native
-fused kernels are the fast ones and are used unchanged. Formulations are chosen per call from the
-tensor's device, so one model object works on both, eagerly or inside ``nn.Graph`` (a custom
-``autograd.Function`` is traced into the graph like any other op).
+arithmetic, the forward softmax kernels). Two go further and, in eager mode on the CPU, let NumPy
+work on the tensors' memory (zero-copy both ways): dropout masks come from NumPy's PCG64 (seeded by
+the layer's OneFlow generator) and the attention core reads the heads in place with NumPy's
+batched matmul. On CUDA OneFlow's native fused kernels are the fast ones and are used unchanged.
+Formulations are chosen per call from the tensor, so one model object works on both, eagerly or
+inside ``nn.Graph`` (a custom ``autograd.Function`` is traced into the graph like any other op;
+the NumPy paths step aside for graph and global tensors).
 """
 from __future__ import annotations
 

@@ -117,6 +117,36 @@ def _choose_openblas_kernels():
         os.environ["OPENBLAS_CORETYPE"] = "Haswell"
 
 
+def _keep_freed_buffers():
+    """On a CPU-only machine, keep freed memory in the process instead of returning it to the OS.
+
+    bertlib.kernels computes parts of each layer with NumPy, whose arrays (3-25 MB here) come from
+    glibc malloc and, freed, go back to the kernel; every step then faults them in again, and
+    NumPy's transparent-huge-page advice makes the kernel compact memory for them. Measured with
+    bench/pretrain_throughput.py (BERT-base, 2 processes, micro-batch 16): 5.1 s of system time per
+    step without this, 3.1 s with it (throughput equal within the run-to-run noise). Raising
+    malloc's trim and mmap thresholds keeps the pages mapped (peak RSS is unchanged; memory is just
+    not handed back between steps). Opt out with BERTLIB_KEEP_FREED_MEMORY=0.
+    """
+    if os.environ.get("BERTLIB_KEEP_FREED_MEMORY", "1") == "0":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)       # glibc's maximum on 64-bit
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):                  # not glibc: nothing to tune
+        pass
+    try:
+        import numpy as np
+
+        np.core.multiarray._set_madvise_hugepage(False)
+    except AttributeError:
+        pass
+
+
 def import_oneflow():
     """Return the ``oneflow`` module, importing it once, quietly, with the CUDA libraries found.
 
@@ -135,6 +165,7 @@ def import_oneflow():
     # Without a GPU, OneFlow's VM worker threads spin on idle cores: 10x the system time, same speed.
     if not os.path.exists("/dev/nvidia0"):
         os.environ.setdefault("ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD", "0")
+        _keep_freed_buffers()
     _choose_openblas_kernels()
     if int(os.environ.get("RANK", "0")) > 0:
         time.sleep(1.0)  # let rank 0 start its control server first (see module docstring)

@@ -219,3 +219,18 @@ def test_resolve_device_on_this_machine():
     if not flow.cuda.is_available():
         with pytest.raises(RuntimeError, match="no usable GPU"):
             runtime.resolve_device("cuda")
+
+
+def test_cpu_runs_keep_numpy_buffers_off_huge_pages():
+    """bertlib.runtime turns off NumPy's huge-page advice on CPU-only machines (see _keep_freed_buffers)."""
+    import os
+
+    import numpy as np
+
+    from bertlib.runtime import import_oneflow
+
+    import_oneflow()
+    if os.path.exists("/dev/nvidia0") or os.environ.get("BERTLIB_KEEP_FREED_MEMORY") == "0":
+        pytest.skip("only on CPU-only machines with the default setting")
+    previous = np.core.multiarray._set_madvise_hugepage(False)
+    assert previous is False
