@@ -285,7 +285,7 @@ def best_rounds(results):
         if kept is None or "error" in kept or speed > kept["global_batch"] / kept["step_s_median"]:
             r["rounds"] = (kept or {}).get("rounds", [])
             best[r["job"]] = kept = r
-        kept["rounds"].append(round(speed, 3))
+        kept["rounds"].append(speed)
     return [best[k] for k in sorted(best)]
 
 
