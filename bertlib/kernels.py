@@ -57,6 +57,11 @@ def on_cpu(x) -> bool:
     return x.device.type == "cpu"
 
 
+def eager_on_cpu(x) -> bool:
+    """True for a local CPU tensor outside nn.Graph: where NumPy can work on the tensor's memory."""
+    return not x.is_lazy and not x.is_global and on_cpu(x)
+
+
 _CONSTANTS = {}
 
 
@@ -399,17 +404,13 @@ def dropout(x, p: float, training: bool, generator, stream: DropoutStream, adden
     """
     if not training or p == 0.0:
         return x if addend is None else x + addend
-    if not on_cpu(x) or x.is_lazy or x.is_global:
+    if not eager_on_cpu(x):
         return flow._C.dropout(x, p, training, False, generator, addend=addend)
     y = x * flow.from_numpy(dropout_mask(p, generator, stream, x.shape))
     return y if addend is None else y + addend
 
 
 # ------------------------------------------------------------------------------ self-attention
-def eager_on_cpu(x) -> bool:
-    """True for a local CPU tensor outside nn.Graph: where NumPy can work on the tensor's memory."""
-    return not x.is_lazy and not x.is_global and on_cpu(x)
-
 
 class _CpuAttentionCore(flow.autograd.Function):
     """softmax(Q K^T / sqrt(D) + mask_bias), dropout, times V, for every head, with NumPy's matmul.
