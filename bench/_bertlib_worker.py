@@ -44,6 +44,7 @@ def main():
     from bertlib.config import BertConfig
     from bertlib.model import BertForPreTraining, gather_positions, pretraining_loss
     from bertlib.optim import build_optimizer
+    from bertlib.trainer import average_gradients
 
     if args.builtin_kernels:
         kernels.on_cpu = lambda x: False
@@ -104,9 +105,7 @@ def main():
                 total = loss if total is None else total + loss
             if world > 1 and not ddp:
                 # one all-reduce per step after accumulation (DDP would reduce after every pass)
-                for p in params:
-                    flow.comm.all_reduce(p.grad)
-                    p.grad /= world
+                average_gradients(params, world)
             optimizer.step()
             optimizer.zero_grad()
             return total

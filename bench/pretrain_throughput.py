@@ -274,19 +274,20 @@ def _label(r):
 
 def best_rounds(results):
     """One result per configuration: its fastest round, with every round's samples/s alongside."""
-    best = {}
+    by_job = {}
     for r in results:
-        if "error" in r:
-            best.setdefault(r["job"], r)
+        by_job.setdefault(r["job"], []).append(r)
+    kept = []
+    for job in sorted(by_job):
+        ok = [r for r in by_job[job] if "error" not in r]
+        if not ok:                                   # every round failed: report the first failure
+            kept.append(by_job[job][0])
             continue
-        speed = r["global_batch"] / r["step_s_median"]
-        r.setdefault("rounds", [])
-        kept = best.get(r["job"])
-        if kept is None or "error" in kept or speed > kept["global_batch"] / kept["step_s_median"]:
-            r["rounds"] = (kept or {}).get("rounds", [])
-            best[r["job"]] = kept = r
-        kept["rounds"].append(speed)
-    return [best[k] for k in sorted(best)]
+        speeds = [r["global_batch"] / r["step_s_median"] for r in ok]
+        best = ok[speeds.index(max(speeds))]
+        best["rounds"] = speeds
+        kept.append(best)
+    return kept
 
 
 def summarise(results, peak_gflops):
@@ -344,7 +345,7 @@ def main(argv=None):
     load0 = os.getloadavg()[0]
     print(f"# bertlib pre-training throughput, {started:%Y-%m-%d %H:%M}, {platform.node()}, {cores} cores, "
           f"{_cpu_model()}", flush=True)
-    results, best_key = [], {}
+    best_key = {}
     wait_for_quiet(args.quiet_load, args.quiet_wait)
     sgemm = measure_sgemm(args.ref_python, cores, with_torch=bool(variants))
     print(f"sgemm 2048^3, all {cores} cores: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in sgemm.items()),

@@ -56,6 +56,15 @@ class TrainOptions:
     run_args: dict = field(default_factory=dict)  # recorded in checkpoints
 
 
+def average_gradients(params, world: int):
+    """Replace every parameter's gradient by its mean over the ``world`` ranks (one all-reduce each)."""
+    flow = import_oneflow()
+    for param in params:
+        if param.grad is not None:
+            flow.comm.all_reduce(param.grad)
+            param.grad /= world
+
+
 class _LossModule(import_oneflow().nn.Module):
     """model + loss as one module returning a tuple of scalars: the shape OneFlow's DDP hooks accept."""
 
@@ -188,10 +197,8 @@ class Trainer:
             (outs[0] / acc).backward()
             detached = flow.stack([o.detach() for o in outs]) / acc
             total = detached if total is None else total + detached
-        for param in self._reduce_after_accumulation or ():
-            if param.grad is not None:
-                flow.comm.all_reduce(param.grad)
-                param.grad /= self.world
+        if self._reduce_after_accumulation:
+            average_gradients(self._reduce_after_accumulation, self.world)
         if self.opt.clip_grad_norm:
             flow.nn.utils.clip_grad_norm_(model.parameters(), self.opt.clip_grad_norm)
         optimizer.step()
