@@ -73,10 +73,12 @@ def node_rank_from_list(node_list: str | None, node_num: int) -> tuple[int, str]
 
 def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: int = 1,
                  node_list: str | None = None, master_port: int | None = None,
-                 extra_env: dict | None = None) -> int:
+                 extra_env: dict | None = None, relay_stdout: bool = False) -> int:
     """Run ``python -m module *argv`` in ``nproc_per_node`` processes on this node; return the exit code.
 
-    The ranks inherit this process's stdout/stderr. Returns 0 only if every rank succeeded.
+    The ranks inherit this process's stdout, or with ``relay_stdout`` write it through this
+    process's ``sys.stdout`` (a notebook shows only what goes through there). Returns 0 only if
+    every rank succeeded.
     """
     node_rank, master_addr = node_rank_from_list(node_list, node_num)
     if master_port is None:
@@ -92,9 +94,13 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
     env.setdefault("GLOG_minloglevel", "2")  # the launcher imports oneflow too: keep glog quiet
     if sys.stderr.isatty():
         env["BERTLIB_STDERR_IS_TTY"] = "1"  # rank 0 may draw a progress bar through the filter
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
-    relay = threading.Thread(target=_relay_stderr, args=(proc.stderr,), daemon=True)
-    relay.start()
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE if relay_stdout else None)
+    relays = [threading.Thread(target=_relay_stderr, args=(proc.stderr,), daemon=True)]
+    if relay_stdout:
+        relays.append(threading.Thread(target=_relay_stdout, args=(proc.stdout,), daemon=True))
+    for relay in relays:
+        relay.start()
     # the ranks live in their own session, so a SIGTERM sent to us (a scheduler, `kill`) must be
     # passed on by hand; SIGINT from a terminal is turned into KeyboardInterrupt by Python
     previous = None
@@ -102,7 +108,8 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         code = proc.wait()
-        relay.join(timeout=5)
+        for relay in relays:
+            relay.join(timeout=5)
         return code
     except KeyboardInterrupt:
         _kill_group(proc.pid, signal.SIGTERM)
@@ -136,6 +143,12 @@ def _relay_stderr(pipe):
             out.flush()
         else:
             sys.stderr.write(chunk.decode("utf-8", "replace"))
+
+
+def _relay_stdout(pipe):
+    for line in iter(pipe.readline, b""):
+        sys.stdout.write(line.decode("utf-8", "replace"))
+        sys.stdout.flush()
 
 
 def _kill_group(pgid: int, sig):
