@@ -1,7 +1,7 @@
 """Where bertlib's data lives, and the data it can build by itself.
 
-Like other libraries, bertlib keeps generated files in a cache directory, ``$BERTLIB_CACHE`` or
-``~/.cache/bertlib``. It can build three things there, once, with no download:
+Like other libraries, bertlib keeps generated files in a cache directory, ``$BERTLIB_CACHE``,
+``$XDG_CACHE_HOME/bertlib`` or ``~/.cache/bertlib``. It can build three things there, once, with no download:
 
 * **a default corpus** (:func:`default_corpus_dir`): real English prose that every Python
   installation carries, the Python reference documentation in the standard library's
@@ -30,15 +30,23 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["cache_dir", "default_corpus_dir", "default_vocab", "find_vocab", "default_pretraining_data"]
+__all__ = ["cache_dir", "cache_root", "default_corpus_dir", "default_vocab", "find_vocab", "default_pretraining_data"]
 
 DEFAULT_VOCAB_SIZE = 8000
 _PY = f"py{sys.version_info.major}{sys.version_info.minor}"
 
 
+def cache_root() -> Path:
+    """``$BERTLIB_CACHE`` if set, else ``$XDG_CACHE_HOME/bertlib``, else ``~/.cache/bertlib`` (not created)."""
+    if os.environ.get("BERTLIB_CACHE"):
+        return Path(os.environ["BERTLIB_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "bertlib"
+
+
 def cache_dir() -> Path:
-    """``$BERTLIB_CACHE`` if set, else ``~/.cache/bertlib`` (created on first use)."""
-    path = Path(os.environ.get("BERTLIB_CACHE") or Path.home() / ".cache" / "bertlib").expanduser()
+    """:func:`cache_root`, created on first use."""
+    path = cache_root()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
