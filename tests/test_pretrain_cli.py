@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from bertlib.datasets import find_data
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+DATA = find_data()  # full-size when found, else the samples shipped with bertlib
 SEED_FLAGS = ("gpu_num_per_node node_num node_list learning_rate weight_decay_rate batch_size_per_device "
               "iter_num warmup_batches data_dir data_part_num use_fp16 use_boxing_v2 "
               "loss_print_every_n_iter model_save_every_n_iter model_save_dir save_last_snapshot "
@@ -31,8 +33,10 @@ def shards(tmp_path_factory):
     from bertlib.pretraining_data import create_pretraining_data
 
     out = tmp_path_factory.mktemp("shards")
-    create_pretraining_data(SHARED / "corpus/wikitext-2/test.txt", SHARED / "bert/vocab.txt", out,
-                            dupe_factor=1, data_part_num=4, progress=False)
+    # WikiText-2's test split (~2,400 instances), or the sample's 8 articles in 4 passes (~900)
+    wiki = [f for f in DATA.wikitext if f.name.startswith("test")] or DATA.wikitext
+    create_pretraining_data(wiki[0], DATA.vocab, out, dupe_factor=1 if DATA.full else 4, data_part_num=4,
+                            progress=False)
     return out
 
 
@@ -47,7 +51,7 @@ def test_help_documents_every_seed_flag():
 
 
 def test_single_process_run_prints_the_seeds_format(shards, tmp_path):
-    proc = pretrain("--device", "cpu", "--data_dir", shards, "--vocab_file", SHARED / "bert/vocab.txt",
+    proc = pretrain("--device", "cpu", "--data_dir", shards, "--vocab_file", DATA.vocab,
                     "--iter_num", 6, "--loss_print_every_n_iter", 3, "--log_dir", tmp_path, *SMALL_MODEL)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.splitlines()

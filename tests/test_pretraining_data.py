@@ -1,6 +1,4 @@
 """Pre-training instances: statistics on a real corpus, record structure, determinism, bad input."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,10 +10,12 @@ from bertlib.pretraining_data import (_features, _payload, _settings, _truncated
                                       render_instance)
 from bertlib.tokenization import load_tokenizer, read_vocab
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VOCAB = DATA / "bert" / "vocab.txt"
-WIKI = DATA / "corpus" / "wikitext-2" / "valid.txt"
-pytestmark = pytest.mark.skipif(not WIKI.is_file(), reason="../shared/data not present")
+from bertlib.datasets import find_data
+
+DATA = find_data()  # full-size when found, else the samples shipped with bertlib
+VOCAB = DATA.vocab
+[WIKI] = [f for f in DATA.wikitext if f.name.startswith("valid")]  # 60 articles, or the first 8
+BOOKS = {book.name.split("-sample")[0].removesuffix(".txt"): book for book in DATA.books}
 CLS, SEP, MASK = 101, 102, 103
 
 
@@ -26,8 +26,9 @@ def vocab():
 
 @pytest.fixture(scope="module")
 def instances():
-    """~2,100 instances of WikiText-2 valid (60 Wikipedia articles), one pass."""
-    return make_instances(WIKI, VOCAB, seq_length=128, max_predictions_per_seq=20, seed=7)
+    """~2,100 instances: WikiText-2 valid (60 Wikipedia articles) once, or its first 8 articles in 12 passes."""
+    return make_instances(WIKI, VOCAB, seq_length=128, max_predictions_per_seq=20, seed=7,
+                          dupe_factor=1 if DATA.full else 12)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_fast_payload_equals_generic_encoder(vocab):
 
 def test_files_are_identical_for_1_and_2_workers_and_valid(tmp_path):
     kwargs = dict(seq_length=64, max_predictions_per_seq=10, data_part_num=3, dupe_factor=2, progress=False)
-    inputs = [DATA / "corpus" / "gutenberg" / name for name in ("blake-poems.txt", "shakespeare-caesar.txt")]
+    inputs = [BOOKS[name] for name in ("blake-poems", "shakespeare-caesar")]
     one = create_pretraining_data(inputs, VOCAB, tmp_path / "one", num_workers=1, **kwargs)
     two = create_pretraining_data(inputs, VOCAB, tmp_path / "two", num_workers=2, **kwargs)
     other = create_pretraining_data(inputs, VOCAB, tmp_path / "seed", num_workers=1, seed=99, **kwargs)
@@ -183,12 +184,12 @@ def test_bad_input_gives_a_clear_error(tmp_path, case, error, pattern):
 def test_clis_make_validate_and_fail_in_one_line(tmp_path, capsys):
     from bertlib.cli import make_pretraining_data, train_vocab, validate_data
 
-    corpus = DATA / "corpus" / "gutenberg" / "blake-poems.txt"
+    corpus = BOOKS["blake-poems"]
     out = tmp_path / "data"
     assert make_pretraining_data.main(["--input", str(corpus), "--vocab_file", str(VOCAB), "--output_dir", str(out),
                                        "--quiet"]) == 2
     assert "only one document" in capsys.readouterr().err  # one book = one document: no random B possible
-    corpus = [str(corpus), str(DATA / "corpus" / "gutenberg" / "shakespeare-caesar.txt")]
+    corpus = [str(corpus), str(BOOKS["shakespeare-caesar"])]
     assert make_pretraining_data.main(["--input", *corpus, "--vocab_file", str(VOCAB), "--output_dir", str(out),
                                        "--seq_length", "64", "--max_predictions_per_seq", "10",
                                        "--data_part_num", "2", "--dupe_factor", "1", "--quiet"]) == 0

@@ -1,6 +1,5 @@
 """Official SQuAD v1.1 scoring, checked on cases worked out by hand."""
 import json
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,10 @@ from bertlib.squad.evaluate import (
     normalize_answer,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DEV = DATA / "squad" / "dev-v1.1.json"
+from bertlib.datasets import FULL_DATA_HINT, find_data
+
+DATA = find_data()  # full-size when found, else the samples shipped with bertlib
+DEV = DATA.squad_dev
 
 
 @pytest.mark.parametrize(
@@ -132,13 +133,24 @@ def test_bad_files(tmp_path):
         evaluate({"version": "1.1"}, {})
 
 
-@pytest.mark.skipif(not DEV.exists(), reason="shared SQuAD data not present")
-def test_real_dev_set_gold_answers():
+def _dev_questions():
     dataset = json.loads(DEV.read_text(encoding="utf-8"))
-    qas = [qa for a in dataset["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    return dataset, [qa for a in dataset["data"] for p in a["paragraphs"] for qa in p["qas"]]
+
+
+def test_real_dev_gold_answers_score_100():
+    dataset, qas = _dev_questions()
     first = {qa["id"]: qa["answers"][0]["text"] for qa in qas}
-    assert len(first) == 10570
+    assert len(first) == (10570 if DATA.full else 220)
     assert evaluate(dataset, first) == {"exact_match": 100.0, "f1": 100.0}
+    # Answering every question with the first reference of the question before it scores low.
+    shifted = {qa["id"]: qas[i - 1]["answers"][0]["text"] for i, qa in enumerate(qas)}
+    assert evaluate(dataset, shifted)["exact_match"] < 10
+
+
+@pytest.mark.skipif(not DATA.full, reason=f"needs the official dev set; {FULL_DATA_HINT}")
+def test_official_dev_set_reference_with_empty_normal_form():
+    dataset, qas = _dev_questions()
     # The last reference of question 57340d124776f419006617bf is ".", which normalises to
     # nothing: predicting it is an exact match with F1 0 under the official rules.
     last = {qa["id"]: qa["answers"][-1]["text"] for qa in qas}

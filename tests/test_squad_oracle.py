@@ -6,7 +6,6 @@ the text (or by the published rules themselves: answers longer than 30 tokens, a
 part of a word), never by the model.
 """
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +20,10 @@ from bertlib.squad import (
     read_squad_examples,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DEV = DATA / "squad" / "dev-v1.1.json"
-VOCAB = DATA / "bert" / "vocab.txt"
+from bertlib.datasets import find_data
 
-pytestmark = pytest.mark.skipif(not (DEV.exists() and VOCAB.exists()), reason="shared SQuAD data not present")
+DATA = find_data()  # full-size when found, else the samples shipped with bertlib
+DEV, VOCAB = DATA.squad_dev, DATA.vocab
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +150,8 @@ def test_results_must_match_the_features(tokenizer):
 def test_oracle_on_real_dev_articles(tokenizer):
     """Gold positions as logits -> post-processing -> official scoring: EM/F1 >= 99."""
     dataset = json.loads(DEV.read_text(encoding="utf-8"))
-    dataset["data"] = dataset["data"][::3]  # 16 of the 48 articles, spread over the file
+    if DATA.full:
+        dataset["data"] = dataset["data"][::3]  # 16 of the 48 articles, spread over the file
     examples = read_squad_examples(dataset)
     features = convert_examples_to_features(examples, tokenizer)
     results = {}
@@ -162,7 +161,7 @@ def test_oracle_on_real_dev_articles(tokenizer):
     predictions, nbest = postprocess_predictions(examples, features, results)
     score = evaluate(dataset, predictions, details=True)
     print(f"oracle on {score['total']} dev questions: {score}")
-    assert score["total"] == len(examples) > 3000 and score["missing"] == 0
+    assert score["total"] == len(examples) > (3000 if DATA.full else 200) and score["missing"] == 0
     assert score["exact_match"] >= 99.0 and score["f1"] >= 99.0
     for qid, entries in nbest.items():
         assert 0 < len(entries) <= 20

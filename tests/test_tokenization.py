@@ -1,17 +1,14 @@
 """WordPiece through `tokenizers`: the bert-base-uncased vocab, the fast path, training a vocab."""
-from pathlib import Path
-
 import pytest
 
 from bertlib.tokenization import (SPECIAL_TOKENS, VocabError, encode_ids, load_tokenizer, read_vocab,
                                   special_token_ids, train_vocab)
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VOCAB = DATA / "bert" / "vocab.txt"
-needs_data = pytest.mark.skipif(not VOCAB.is_file(), reason="../shared/data not present")
+from bertlib.datasets import find_data
+
+VOCAB = find_data().vocab  # bert-base-uncased, shipped with bertlib (or the full-size data's copy)
 
 
-@needs_data
 def test_bert_base_uncased_pieces_and_ids():
     tok = load_tokenizer(VOCAB)
     enc = tok.encode("Tokenization of Café — unaffable!", add_special_tokens=False)
@@ -21,7 +18,6 @@ def test_bert_base_uncased_pieces_and_ids():
                                                    "[MASK]": 103}
 
 
-@needs_data
 def test_encode_ids_fast_path_is_exact():
     tok = load_tokenizer(VOCAB)
     texts = ["Plain ASCII text, with Punctuation.", "tabs\tand\x0bcontrol\x01chars", "",
