@@ -40,14 +40,11 @@ def main():
 
     from bertlib import runtime
     flow = runtime.import_oneflow()
-    from bertlib import kernels
     from bertlib.config import BertConfig
     from bertlib.model import BertForPreTraining, gather_positions, pretraining_loss
     from bertlib.optim import build_optimizer
     from bertlib.trainer import average_gradients
 
-    if args.builtin_kernels:
-        kernels.on_cpu = lambda x: False
     rank, world = runtime.rank(), runtime.world_size()
     per_rank = args.global_batch // world
     if per_rank * world != args.global_batch or per_rank % args.micro_batch:
@@ -56,7 +53,8 @@ def main():
     acc = per_rank // args.micro_batch
 
     flow.manual_seed(1234)    # same initial weights on every rank
-    cfg = BertConfig(**_common.CONFIGS[args.config])
+    kernels = "reference" if args.builtin_kernels else "auto"
+    cfg = BertConfig(**_common.CONFIGS[args.config], kernels=kernels)
     model = BertForPreTraining(cfg)
     model.train()
     if args.mode == "graph" and world > 1:
@@ -83,7 +81,7 @@ def main():
                 out = self.model(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["masked_lm_positions"])
                 logits = out.prediction_logits
             return pretraining_loss(logits, out.seq_relationship_logits, b["masked_lm_ids"],
-                                    b["masked_lm_weights"], b["next_sentence_labels"])[0]
+                                    b["masked_lm_weights"], b["next_sentence_labels"], kernels=kernels)[0]
 
     with_loss = WithLoss()
 

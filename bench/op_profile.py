@@ -6,8 +6,8 @@ Three views, each printed as a markdown table:
 1. the step: forward, backward, optimizer (CPU seconds, synchronised around each part);
 2. one encoder layer, forward + backward: the whole layer and each of its pieces timed alone at the
    same shapes (matmuls, GELU, LayerNorm, dropout, softmax, permutes, residual adds);
-3. each op of bertlib.kernels against OneFlow's built-in at the model's shapes (fwd + bwd, ms); for
-   the attention core, against the same maths written with OneFlow ops (the CUDA / graph path).
+3. each op of bertlib.fast against OneFlow's built-in at the model's shapes (fwd + bwd, ms); for
+   the NumPy attention core, against the same maths written with OneFlow ops (its graph path).
 
     python bench/op_profile.py --config base --batch 8
     python bench/op_profile.py --config tiny --batch 32
@@ -34,10 +34,13 @@ def main():
     ap.add_argument("--config", default="base", choices=sorted(_common.CONFIGS))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--kernels", default="auto", choices=["auto", "fast", "reference"],
+                    help="BertConfig.kernels for the step and the layer (views 1 and 2)")
     args = ap.parse_args()
 
-    from bertlib import kernels
+    from bertlib import fast
     from bertlib import model as M
+    from bertlib.fast import numpy_ops, oneflow_ops as ops
     from bertlib.config import BertConfig
     from bertlib.optim import build_optimizer
     from bertlib.runtime import import_oneflow
@@ -45,7 +48,7 @@ def main():
     flow = import_oneflow()
     F = flow.nn.functional
     sync = flow._oneflow_internal.eager.Sync
-    cfg = BertConfig(**_common.CONFIGS[args.config])
+    cfg = BertConfig(**_common.CONFIGS[args.config], kernels=args.kernels)
     B, S, P = args.batch, _common.SEQ_LEN, _common.MASKED
     H, I, N, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.vocab_size
 
@@ -61,7 +64,7 @@ def main():
         return min(times)
 
     rate = sgemm_gflops(flow)
-    print(f"# {args.config}, batch {B} x {S} tokens, one process; sgemm {rate:.0f} GFLOP/s; "
+    print(f"# {args.config}, batch {B} x {S} tokens, one process, kernels {args.kernels}; sgemm {rate:.0f} GFLOP/s; "
           f"load average {os.getloadavg()[0]:.1f}\n")
 
     # ------------------------------------------------------------------------------- 1. the step
@@ -73,7 +76,7 @@ def main():
     def forward():
         out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["masked_lm_positions"])
         return M.pretraining_loss(out.prediction_logits, out.seq_relationship_logits, batch["masked_lm_ids"],
-                                  batch["masked_lm_weights"], batch["next_sentence_labels"])[0]
+                                  batch["masked_lm_weights"], batch["next_sentence_labels"], kernels=args.kernels)[0]
 
     parts = {"forward": [], "backward": [], "optimizer step": []}
     for i in range(args.reps + 1):
@@ -98,6 +101,8 @@ def main():
     # ------------------------------------------------------------------------------- 2. one layer
     # the whole layer, then each of its pieces alone at the same shapes (fwd + bwd)
     layer = M.BertLayer(cfg).train()
+    if args.kernels != "reference":   # a bare block is not a BertPreTrainedModel: swap the fast path in here
+        fast.use_fast_kernels(layer, args.kernels)
     D = H // N
     x = flow.randn(B, S, H, requires_grad=True)
     mask = flow.zeros(B, 1, 1, S)
@@ -113,16 +118,17 @@ def main():
         return best_of(run)
 
     full = timed(lambda t: layer(t, mask)[0], (B, S, H))
-    attn_dropout, hidden_dropout = M.Dropout(0.1), M.Dropout(0.1)
+    attn_dropout = fast.Dropout.adopt(flow.nn.Dropout(0.1), "auto")
+    hidden_dropout = fast.Dropout.adopt(flow.nn.Dropout(0.1), "auto")
     pieces = {
         "Q, K, V, output, FFN matmuls (+ bias)": sum(
-            timed(lambda a, w, b: kernels.linear(a, w, b), (B * S, i), (o, i), (o,))
+            timed(lambda a, w, b: ops.linear(a, w, b), (B * S, i), (o, i), (o,))
             for i, o in ((H, 3 * H), (H, H), (H, I), (I, H))),
         "attention core: Q K^T, mask, softmax, dropout, P V (mask drawn inside)": timed(
-            lambda t: kernels.self_attention(t, mask, attn_dropout.mask((B, N, S, S)))[0], (B, S, 3, N, D)),
-        "GELU": timed(kernels.gelu, (B, S, I)),
-        "LayerNorm (x2)": 2 * timed(lambda t, w, b: kernels.layer_norm(t, w, b, 1e-12), (B, S, H), (H,), (H,)),
-        "dropout + residual add (x2)": 2 * timed(lambda a, b: hidden_dropout(a, addend=b), (B, S, H), (B, S, H)),
+            lambda t: numpy_ops.self_attention(t, mask, attn_dropout.mask((B, N, S, S)))[0], (B, S, 3, N, D)),
+        "GELU": timed(ops.gelu, (B, S, I)),
+        "LayerNorm (x2)": 2 * timed(lambda t, w, b: ops.layer_norm(t, w, b, 1e-12), (B, S, H), (H,), (H,)),
+        "dropout + residual add (x2)": 2 * timed(lambda a, b: b + hidden_dropout(a), (B, S, H), (B, S, H)),
     }
     layer_flops = 6 * B * S * (4 * H * H + 2 * H * I) + 12 * B * S * S * H
     print(f"| one encoder layer, fwd+bwd, each piece timed alone | ms | share |\n|---|---:|---:|")
@@ -156,13 +162,13 @@ def main():
         "attention core": lambda t: attention_with_oneflow_ops(t, mask, F.dropout(flow.ones(B, N, S, S), 0.1, True)),
     }
     ours = {
-        "layer_norm": lambda t, w, b: kernels.layer_norm(t, w, b, 1e-12),
-        "gelu": kernels.gelu,
-        "linear (with bias)": kernels.linear,
-        "softmax": kernels.softmax,
-        "cross_entropy": kernels.cross_entropy,
-        "dropout": M.Dropout(0.1),
-        "attention core": lambda t: kernels.self_attention(t, mask, attn_dropout.mask((B, N, S, S)))[0],
+        "layer_norm": lambda t, w, b: ops.layer_norm(t, w, b, 1e-12),
+        "gelu": ops.gelu,
+        "linear (with bias)": ops.linear,
+        "softmax": ops.softmax,
+        "cross_entropy": ops.cross_entropy,
+        "dropout": hidden_dropout,
+        "attention core": lambda t: numpy_ops.self_attention(t, mask, attn_dropout.mask((B, N, S, S)))[0],
     }
     labels = flow.randint(0, V, (B * P,))
     shapes = {
@@ -174,7 +180,7 @@ def main():
         "dropout": ([(B, N, S, S)], None),
         "attention core": ([(B, S, 3, N, D)], None),
     }
-    print("| op, fwd+bwd at the model's shape | OneFlow built-in (ms) | bertlib.kernels (ms) | speed-up |\n|---|---:|---:|---:|")
+    print("| op, fwd+bwd at the model's shape | OneFlow built-in (ms) | bertlib.fast (ms) | speed-up |\n|---|---:|---:|---:|")
     for name, (shp, extra) in shapes.items():
         a = fwd_bwd(builtin[name], shp, extra)
         b = fwd_bwd(ours[name], shp, extra)
@@ -183,14 +189,10 @@ def main():
 
 
 def attention_with_oneflow_ops(qkv, mask_bias, keep):
-    """The attention core as BertSelfAttention writes it for CUDA / nn.Graph: heads split by permutes."""
-    from bertlib.model import flow
+    """The attention core as bertlib.fast writes it for nn.Graph / CUDA: heads split by permutes."""
+    from bertlib.fast import oneflow_ops
 
-    B, S, _, N, D = qkv.shape
-    q, k, v = flow.unbind(qkv.permute(2, 0, 3, 1, 4), 0)
-    scores = flow._C.matmul(q, k, transpose_a=False, transpose_b=True, alpha=D ** -0.5)
-    probs = flow.softmax(scores + mask_bias, dim=-1)
-    return flow.matmul(probs * keep, v).permute(0, 2, 1, 3).reshape(B, S, N * D)
+    return oneflow_ops.self_attention(qkv, mask_bias, lambda probs: probs * keep)[0]
 
 
 def sgemm_gflops(flow, n=2048, reps=3) -> float:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
+
+KERNELS = ("auto", "fast", "reference")    # the values of BertConfig.kernels
 
 
 @dataclass
@@ -25,8 +27,16 @@ class BertConfig:
     type_vocab_size: int = 2                 # segment ids: 0 = sentence A, 1 = sentence B
     initializer_range: float = 0.02          # std of the truncated-normal init of weight matrices
     layer_norm_eps: float = 1e-12            # Google / HF value (OneFlow-Benchmark used 1e-5)
+    # How the model computes, not what (so not written to config.json, and not compared):
+    # "auto" plugs bertlib.fast's formulations in for CPU tensors and keeps OneFlow's own kernels on
+    # CUDA; "fast" uses bertlib.fast on every device; "reference" keeps bertlib.model's plain
+    # nn.Linear / nn.LayerNorm / nn.Dropout and textbook attention. Same maths on every path.
+    kernels: InitVar[str] = "auto"
 
-    def __post_init__(self):
+    def __post_init__(self, kernels: str):
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels {kernels!r} is not one of {', '.join(KERNELS)}")
+        self.kernels = kernels
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "

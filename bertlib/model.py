@@ -11,6 +11,13 @@ Module and parameter names follow the paper's blocks one-to-one and are exactly 
 ``modeling_bert.py`` names (``bert.encoder.layer.3.attention.self.query.weight`` ...), so importing
 a published checkpoint is a rename-free load (see :mod:`bertlib.weights`).
 
+The blocks are plain ``nn.Linear`` / ``nn.LayerNorm`` / ``nn.GELU`` / ``nn.Dropout`` modules and a
+textbook attention. Where the fast path plugs in: ``BertPreTrainedModel.post_init`` hands the built
+model to :func:`bertlib.fast.use_fast_kernels` unless ``config.kernels == "reference"``; that swaps
+in drop-in subclasses with the same parameters, whose forwards are formulations fast on OneFlow's
+CPU kernels (:mod:`bertlib.fast`). The losses take the same ``kernels`` choice for their
+cross-entropy.
+
 Token ids, segment ids and masks are int64 OneFlow tensors. Out-of-range ids do NOT raise inside
 OneFlow's embedding (they read zeros), which is why the data validator checks ids against the vocab.
 """
@@ -22,7 +29,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from . import kernels
+from . import fast
 from .config import BertConfig
 from .runtime import import_oneflow
 from .weights import PretrainedMixin
@@ -62,62 +69,7 @@ def _arange(n: int, like):
 
 
 # ------------------------------------------------------------------------------------ the blocks
-class LayerNorm(nn.Module):
-    """LayerNorm over the last axis with learned ``weight`` (gamma) and ``bias`` (beta).
-
-    The maths is the textbook one; :func:`bertlib.kernels.layer_norm` picks the formulation that is
-    fastest on the current device (OneFlow 0.9's CPU LayerNorm kernel is ~100x slower than needed).
-    """
-
-    def __init__(self, hidden_size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(flow.ones(hidden_size))
-        self.bias = nn.Parameter(flow.zeros(hidden_size))
-        self.eps = eps
-
-    def forward(self, x):  # x: float32 [..., H]
-        return kernels.layer_norm(x, self.weight, self.bias, self.eps)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same ``weight`` [out, in] and ``bias`` [out]) through :func:`bertlib.kernels.linear`,
-    whose CPU backward avoids OneFlow's slow bias-gradient reduction."""
-
-    def forward(self, x):  # float32 [..., in] -> [..., out]
-        return kernels.linear(x, self.weight, self.bias)
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` (same ``p``, same ``generator``) through :func:`bertlib.kernels.dropout`.
-
-    ``forward(x, addend)`` returns dropout(x) + addend, as OneFlow's fused dropout does.
-    ``manual_seed`` re-seeds the generator and restarts the CPU mask stream from it.
-    """
-
-    def __init__(self, p: float):
-        super().__init__(p)
-        self.stream = kernels.DropoutStream()
-
-    def manual_seed(self, seed: int):
-        self.generator.manual_seed(seed)
-        self.stream.reset()
-
-    def forward(self, x, addend=None):
-        return kernels.dropout(x, self.p, self.training, self.generator, self.stream, addend)
-
-    def mask(self, shape):
-        """The scaled mask this layer would multiply a CPU tensor of ``shape`` by: float32, 0 or 1 / (1 - p)."""
-        if not self.training or self.p == 0.0:
-            return flow.ones(*shape)
-        return flow.from_numpy(kernels.dropout_mask(self.p, self.generator, self.stream, shape))
-
-
-def activation(name: str):
-    if name == "gelu":
-        return kernels.gelu  # exact erf form, as in the paper's code
-    if name == "relu":
-        return F.relu
-    return flow.tanh
+ACT2FN = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}   # gelu: the exact erf form, as the paper's code
 
 
 class BertEmbeddings(nn.Module):
@@ -128,8 +80,8 @@ class BertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids):
         """input_ids, token_type_ids: int64 [B, S] -> float32 [B, S, H]."""
@@ -151,10 +103,15 @@ class BertSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_size = config.head_size
-        self.query = Linear(config.hidden_size, config.hidden_size)
-        self.key = Linear(config.hidden_size, config.hidden_size)
-        self.value = Linear(config.hidden_size, config.hidden_size)
-        self.dropout = Dropout(config.attention_probs_dropout_prob)
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def split_heads(self, x):
+        """float32 [B, S, H] -> [B, N, S, D]: each head's slice of the hidden vector, per token."""
+        B, S, _ = x.shape
+        return x.reshape(B, S, self.num_heads, self.head_size).permute(0, 2, 1, 3)
 
     def forward(self, hidden, mask_bias):
         """hidden: float32 [B, S, H]; mask_bias: float32 [B, 1, 1, S], 0 for tokens, -10000 for padding.
@@ -162,24 +119,14 @@ class BertSelfAttention(nn.Module):
         Returns context float32 [B, S, H] and attention probabilities float32 [B, N, S, S].
         """
         B, S, H = hidden.shape
-        N, D = self.num_heads, self.head_size
-        # One matmul for Q, K and V: the three weights side by side give a [B, S, 3H] result.
-        qkv_weight = flow.cat([self.query.weight, self.key.weight, self.value.weight], dim=0)  # [3H, H]
-        qkv_bias = flow.cat([self.query.bias, self.key.bias, self.value.bias], dim=0)          # [3H]
-        qkv = kernels.linear(hidden, qkv_weight, qkv_bias).reshape(B, S, 3, N, D)               # [B, S, 3, N, D]
-        if kernels.eager_on_cpu(qkv):
-            # the same maths below, heads read in place by NumPy's batched matmul (bertlib.kernels)
-            return kernels.self_attention(qkv, mask_bias, self.dropout.mask((B, N, S, S)))
-        qkv = qkv.permute(2, 0, 3, 1, 4)                                                        # [3, B, N, S, D]
-        # unbind, not qkv[0], qkv[1], qkv[2]: three index ops would each write a full-size
-        # [3, B, N, S, D] gradient in the backward pass; unbind's backward is one stack.
-        q, k, v = flow.unbind(qkv, 0)                                                           # [B, N, S, D]
-        # K^T and the 1/sqrt(D) scale folded into the matmul: no transposed copy, no extra pass
-        scores = flow._C.matmul(q, k, transpose_a=False, transpose_b=True,
-                                alpha=1.0 / math.sqrt(D))                                       # [B, N, S, S]
-        probs = kernels.softmax(scores + mask_bias)                                             # [B, N, S, S]
-        context = flow.matmul(self.dropout(probs), v)                                           # [B, N, S, D]
-        context = context.permute(0, 2, 1, 3).reshape(B, S, H)                                  # [B, S, H]
+        q = self.split_heads(self.query(hidden))                                # [B, N, S, D]
+        k = self.split_heads(self.key(hidden))                                  # [B, N, S, D]
+        v = self.split_heads(self.value(hidden))                                # [B, N, S, D]
+        scores = flow.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_size)  # [B, N, S, S]
+        scores = scores + mask_bias               # [B, 1, 1, S]: the same keys masked for every query
+        probs = flow.softmax(scores, dim=-1)                                    # [B, N, S, S]
+        context = flow.matmul(self.dropout(probs), v)                           # [B, N, S, D]
+        context = context.permute(0, 2, 1, 3).reshape(B, S, H)                  # [B, S, N, D] -> [B, S, H]
         return context, probs
 
 
@@ -187,18 +134,19 @@ class BertResidualOutput(nn.Module):
     """How both sub-layers end: project to H, dropout, add the sub-layer's input, LayerNorm (post-LN).
 
     The attention sub-layer projects its heads back (in_size = H); the feed-forward block its
-    intermediate activations (in_size = I). Hugging Face has two classes for this; one suffices,
-    and the parameter names (``attention.output.dense``, ``output.LayerNorm``, ...) are the same.
+    intermediate activations (in_size = I). Hugging Face has two classes for this (BertSelfOutput,
+    BertOutput); one suffices, and the parameter names (``attention.output.dense``,
+    ``output.LayerNorm``, ...) are the same.
     """
 
     def __init__(self, config: BertConfig, in_size: int):
         super().__init__()
-        self.dense = Linear(in_size, config.hidden_size)
-        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.dense = nn.Linear(in_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x, residual):  # x float32 [B, S, in_size], residual [B, S, H] -> [B, S, H]
-        return self.LayerNorm(self.dropout(self.dense(x), addend=residual))
+    def forward(self, h, x):  # h float32 [B, S, in_size], the sub-layer's input x [B, S, H] -> [B, S, H]
+        return self.LayerNorm(x + self.dropout(self.dense(h)))
 
 
 class BertAttention(nn.Module):
@@ -217,8 +165,8 @@ class BertIntermediate(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.intermediate_size)
-        self.act = activation(config.hidden_act)
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]()
 
     def forward(self, hidden):  # float32 [B, S, H] -> [B, S, I]
         return self.act(self.dense(hidden))
@@ -257,10 +205,11 @@ class BertPooler(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
 
     def forward(self, hidden):  # float32 [B, S, H] -> [B, H]
-        return flow.tanh(self.dense(hidden[:, 0]))
+        return self.activation(self.dense(hidden[:, 0]))
 
 
 # --------------------------------------------------------------------------------- the models
@@ -280,9 +229,15 @@ class BertPreTrainedModel(PretrainedMixin, nn.Module):
                 truncated_normal_(module.weight, std, rng)
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, LayerNorm):
+            elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    def post_init(self):
+        """Initialise the weights, then plug in the fast path that ``config.kernels`` asks for."""
+        self.init_weights()
+        if self.config.kernels != "reference":
+            fast.use_fast_kernels(self, self.config.kernels)  # same parameters, CPU-fast forwards
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -322,7 +277,7 @@ class BertModel(BertPreTrainedModel):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
         if init:  # task models pass False and initialise everything, heads included, once
-            self.init_weights()
+            self.post_init()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, output_attentions=False):
         """input_ids, token_type_ids, attention_mask: int64 [B, S]. Missing segments mean all sentence
@@ -341,9 +296,9 @@ class BertModel(BertPreTrainedModel):
 class BertPredictionHeadTransform(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
-        self.act = activation(config.hidden_act)
-        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]()
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden):  # [..., H] -> [..., H]
         return self.LayerNorm(self.act(self.dense(hidden)))
@@ -364,14 +319,14 @@ class BertLMPredictionHead(nn.Module):
         do it by passing the matrix in rather than sharing a Parameter between two modules, which
         keeps data-parallel and graph mode free of shared-parameter corner cases.
         """
-        return kernels.linear(self.transform(hidden), word_embeddings, self.bias)
+        return F.linear(self.transform(hidden), word_embeddings, self.bias)
 
 
 class BertPreTrainingHeads(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.predictions = BertLMPredictionHead(config)
-        self.seq_relationship = Linear(config.hidden_size, 2)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
 def gather_positions(hidden, positions):
@@ -390,7 +345,7 @@ class BertForPreTraining(BertPreTrainedModel):
         super().__init__(config)
         self.bert = BertModel(config, init=False)
         self.cls = BertPreTrainingHeads(config)
-        self.init_weights()
+        self.post_init()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, masked_lm_positions=None,
                 output_attentions=False):
@@ -413,8 +368,8 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=False, init=False)
-        self.qa_outputs = Linear(config.hidden_size, 2)
-        self.init_weights()
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None):
         hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # [B, S, H]
@@ -424,13 +379,15 @@ class BertForQuestionAnswering(BertPreTrainedModel):
 
 
 # ------------------------------------------------------------------------------------- the losses
-def _cross_entropy(logits, labels):
+def _cross_entropy(logits, labels, kernels: str):
     """logits float32 [M, C], labels int64 [M] -> per-row loss float32 [M] (-log softmax at label)."""
-    return kernels.cross_entropy(logits, labels)                                  # [M]
+    if fast.applies(kernels, logits):  # same values; the backward without OneFlow's slow CPU kernels
+        return fast.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels, reduction="none")
 
 
 def pretraining_loss(prediction_logits, seq_relationship_logits, masked_lm_ids, masked_lm_weights,
-                     next_sentence_labels):
+                     next_sentence_labels, kernels: str = "auto"):
     """The BERT pre-training objective.
 
     Args:
@@ -439,21 +396,41 @@ def pretraining_loss(prediction_logits, seq_relationship_logits, masked_lm_ids, 
         masked_lm_ids: int64 [B, P], the original token at each masked position (0 for padding).
         masked_lm_weights: float32 [B, P], 1.0 for a real prediction, 0.0 for padding slots.
         next_sentence_labels: int64 [B] or [B, 1], 0 = B follows A, 1 = B is random.
+        kernels: as :attr:`BertConfig.kernels`, for the cross-entropy.
 
     Returns:
         (total, mlm, nsp) float32 scalars: mlm = sum(w * CE) / sum(w), nsp = mean CE, total = mlm + nsp.
     """
     B, P, V = prediction_logits.shape
-    per_token = _cross_entropy(prediction_logits.reshape(B * P, V), masked_lm_ids.reshape(B * P))
-    weights = masked_lm_weights.reshape(B * P).to(per_token.dtype)
+    per_token = _cross_entropy(prediction_logits.reshape(B * P, V), masked_lm_ids.reshape(B * P),
+                               kernels)                                                    # [B*P]
+    weights = masked_lm_weights.reshape(B * P).to(per_token.dtype)                        # [B*P]
     # clamp: a batch without any masked token gives 0 instead of 0/0
     mlm = (per_token * weights).sum() / flow.clamp(weights.sum(), min=1e-5)
-    nsp = _cross_entropy(seq_relationship_logits, next_sentence_labels.reshape(-1)).mean()
+    nsp = _cross_entropy(seq_relationship_logits, next_sentence_labels.reshape(-1), kernels).mean()
     return mlm + nsp, mlm, nsp
 
 
-def squad_loss(start_logits, end_logits, start_positions, end_positions):
-    """start/end_logits float32 [B, S]; positions int64 [B] or [B, 1] -> (CE(start) + CE(end)) / 2."""
-    start = _cross_entropy(start_logits, start_positions.reshape(-1)).mean()
-    end = _cross_entropy(end_logits, end_positions.reshape(-1)).mean()
+def squad_loss(start_logits, end_logits, start_positions, end_positions, kernels: str = "auto"):
+    """start/end_logits float32 [B, S]; positions int64 [B] or [B, 1] -> (CE(start) + CE(end)) / 2.
+
+    ``kernels``: as :attr:`BertConfig.kernels`, for the cross-entropy."""
+    start = _cross_entropy(start_logits, start_positions.reshape(-1), kernels).mean()
+    end = _cross_entropy(end_logits, end_positions.reshape(-1), kernels).mean()
     return (start + end) / 2
+
+
+# ------------------------------------------------------------------------------------ dropout seeds
+def reseed_dropout(model, seed: int) -> None:
+    """Give the i-th dropout layer of ``model`` (in ``model.modules()`` order) the seed ``seed + i``.
+
+    OneFlow's nn.Dropout draws from a generator of its own, created with a random seed, so
+    ``flow.manual_seed`` does not reach it; a trainer re-seeding every step from (seed, step, rank)
+    makes a resumed run draw the same masks. bertlib.fast's dropout also restarts its NumPy stream.
+    """
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    for index, module in enumerate(dropouts):
+        if isinstance(module, fast.Dropout):
+            module.manual_seed(seed + index)
+        else:
+            module.generator.manual_seed(seed + index)

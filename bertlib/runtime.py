@@ -120,7 +120,7 @@ def _choose_openblas_kernels():
 def _keep_freed_buffers():
     """On a CPU-only machine, keep freed memory in the process instead of returning it to the OS.
 
-    bertlib.kernels computes parts of each layer with NumPy, whose arrays (3-25 MB here) come from
+    bertlib.fast computes parts of each layer with NumPy, whose arrays (3-25 MB here) come from
     glibc malloc and, freed, go back to the kernel; every step then faults them in again, and
     NumPy's transparent-huge-page advice makes the kernel compact memory for them. Measured with
     bench/pretrain_throughput.py (BERT-base, 2 processes, micro-batch 16): 5.1 s of system time per

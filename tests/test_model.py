@@ -6,6 +6,9 @@ in a separate torch + transformers interpreter. Nothing here is typed by hand.
 Padding: transformers masks padded keys with finfo(float32).min, bertlib with -10000. Both give those
 keys a probability of exactly 0 after the softmax in float32, and padded QUERY rows still attend to
 the real keys in both, so every position (padded ones included) is compared.
+
+The parity tests run on both paths of the model: ``kernels="reference"`` (plain OneFlow modules) and
+``kernels="fast"`` (bertlib.fast swapped in; on a CPU that is what the default "auto" does).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 GENERATOR = REPO / "tools" / "make_hf_reference.py"
 FIXTURES = REPO / "tests" / "fixtures" / "hf_reference"
 ATOL = 1e-4
+KERNELS = ["reference", "fast"]
 
 
 def _load_generator():
@@ -67,14 +71,20 @@ def load_quietly(cls, path, **kwargs):
         return cls.from_pretrained(path, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def pretraining():
-    return load_quietly(BertForPreTraining, FIXTURES / "pretraining").eval(), reference("pretraining")
+@pytest.fixture(scope="module", params=KERNELS)
+def kernels(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def qa():
-    return load_quietly(BertForQuestionAnswering, FIXTURES / "qa").eval(), reference("qa")
+def pretraining(kernels):
+    model = load_quietly(BertForPreTraining, FIXTURES / "pretraining", kernels=kernels)
+    return model.eval(), reference("pretraining")
+
+
+@pytest.fixture(scope="module")
+def qa(kernels):
+    return load_quietly(BertForQuestionAnswering, FIXTURES / "qa", kernels=kernels).eval(), reference("qa")
 
 
 # ------------------------------------------------------------------------------- the fixture itself
@@ -129,7 +139,8 @@ def test_pretraining_loss_matches_reference_definition(pretraining):
         out = model(*run_inputs(ref), masked_lm_positions=as_flow(ref["masked_lm_positions"]))
         total, mlm, nsp = pretraining_loss(
             out.prediction_logits, out.seq_relationship_logits, as_flow(ref["masked_lm_ids"]),
-            as_flow(ref["masked_lm_weights"]), as_flow(ref["next_sentence_labels"]))
+            as_flow(ref["masked_lm_weights"]), as_flow(ref["next_sentence_labels"]),
+            kernels=model.config.kernels)
     assert max_diff(out.prediction_logits, ref["mlm_logits_at_positions"]) <= ATOL
     assert abs(mlm.item() - float(ref["mlm_loss"])) <= ATOL
     assert abs(nsp.item() - float(ref["nsp_loss"])) <= ATOL
@@ -154,24 +165,24 @@ def test_question_answering_matches_transformers(qa):
     with flow.no_grad():
         out = model(*run_inputs(ref))
         loss = squad_loss(out.start_logits, out.end_logits, as_flow(ref["start_positions"]),
-                          as_flow(ref["end_positions"]))
+                          as_flow(ref["end_positions"]), kernels=model.config.kernels)
     assert max_diff(out.start_logits, ref["start_logits"]) <= ATOL
     assert max_diff(out.end_logits, ref["end_logits"]) <= ATOL
     assert abs(loss.item() - float(ref["squad_loss"])) <= ATOL
 
 
-def test_bare_bert_model_checkpoint_without_prefix():
+def test_bare_bert_model_checkpoint_without_prefix(kernels):
     ref = reference("bare")
-    model = load_quietly(BertModel, FIXTURES / "bare").eval()
+    model = load_quietly(BertModel, FIXTURES / "bare", kernels=kernels).eval()
     with flow.no_grad():
         out = model(*run_inputs(ref))
     assert max_diff(out.last_hidden_state, ref["last_hidden_state"]) <= ATOL
     assert max_diff(out.pooler_output, ref["pooler_output"]) <= ATOL
 
 
-def test_gamma_beta_names_and_explicit_tied_decoder():
+def test_gamma_beta_names_and_explicit_tied_decoder(kernels):
     ref = reference("gamma_beta")
-    model = load_quietly(BertForPreTraining, FIXTURES / "gamma_beta").eval()
+    model = load_quietly(BertForPreTraining, FIXTURES / "gamma_beta", kernels=kernels).eval()
     with flow.no_grad():
         out = model(*run_inputs(ref))
     assert max_diff(out.prediction_logits, ref["prediction_logits"]) <= ATOL
@@ -180,7 +191,7 @@ def test_gamma_beta_names_and_explicit_tied_decoder():
 
 def test_prefixed_checkpoint_loads_into_bare_model(pretraining):
     full, ref = pretraining
-    bare = BertModel.from_pretrained(FIXTURES / "pretraining").eval()
+    bare = BertModel.from_pretrained(FIXTURES / "pretraining", kernels=full.config.kernels).eval()
     with flow.no_grad():
         a = bare(*run_inputs(ref)).last_hidden_state.numpy()
         b = full.bert(*run_inputs(ref)).last_hidden_state.numpy()
@@ -305,9 +316,9 @@ def test_corrupt_weights_file_names_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- dropout
-def test_dropout_only_in_train_mode(pretraining):
+def test_dropout_only_in_train_mode(pretraining, kernels):
     _, ref = pretraining
-    model = BertForPreTraining.from_pretrained(FIXTURES / "pretraining")
+    model = BertForPreTraining.from_pretrained(FIXTURES / "pretraining", kernels=kernels)
     assert model.config.hidden_dropout_prob > 0 and model.config.attention_probs_dropout_prob > 0
     inputs = run_inputs(ref)
     model.train()

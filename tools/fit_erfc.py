@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fit the erfc approximation that bertlib.kernels' CPU GELU uses; print its coefficients and errors.
+"""Fit the erfc approximation that bertlib.fast.oneflow_ops' GELU uses; print its coefficients and errors.
 
 GELU(x) = x Phi(x), and for z = |x| / sqrt(2) >= 0 the tail probability is q = erfc(z) / 2. We write
 

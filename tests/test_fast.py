@@ -1,17 +1,19 @@
-"""bertlib.kernels' CPU formulations against OneFlow's built-in ops: values and gradients, eager and graph.
+"""bertlib.fast against OneFlow's built-in ops: values and gradients, eager and graph.
 
-The Hugging Face parity test (test_model.py) checks the forward pass of the whole model; the
-backward passes of the hand-written autograd Functions are checked here, op by op, against the
-built-ins they replace, and once more through a full pre-training step of a small BERT.
+The Hugging Face parity test (test_model.py) checks the forward pass of the whole model on both
+paths; the backward passes of the hand-written autograd Functions are checked here, op by op,
+against the built-ins they replace, and once more through a full pre-training step of a small BERT
+built with ``kernels="fast"`` against the same model built with ``kernels="reference"``.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bertlib import kernels
+from bertlib import fast
 from bertlib.config import BertConfig
-from bertlib.model import BertForPreTraining, flow, pretraining_loss
+from bertlib.fast import numpy_ops, oneflow_ops as ops
+from bertlib.model import BertForPreTraining, flow, pretraining_loss, reseed_dropout
 
 F = flow.nn.functional
 RNG = np.random.RandomState(0)
@@ -40,7 +42,7 @@ def test_layer_norm_matches_builtin(shape):
     x = (RNG.randn(*shape) * 3 + 1).astype(np.float32)
     w, b = RNG.randn(H).astype(np.float32), RNG.randn(H).astype(np.float32)
     g = RNG.randn(*shape).astype(np.float32)
-    ours = _run(lambda x, w, b: kernels.layer_norm(x, w, b, 1e-12), [x, w, b], g)
+    ours = _run(lambda x, w, b: ops.layer_norm(x, w, b, 1e-12), [x, w, b], g)
     theirs = _run(lambda x, w, b: F.layer_norm(x, (H,), w, b, 1e-12), [x, w, b], g)
     _close(ours, theirs, atol=2e-5)
 
@@ -50,7 +52,7 @@ def test_layer_norm_eps_is_used():
     x[:, 0] = 1e-3   # variance ~1e-7: eps 1e-5 dominates it, eps 1e-12 does not
     w, b = np.ones(8, np.float32), np.zeros(8, np.float32)
     for eps in (1e-12, 1e-5):
-        ours = _run(lambda x, w, b: kernels.layer_norm(x, w, b, eps), [x, w, b], np.ones_like(x))
+        ours = _run(lambda x, w, b: ops.layer_norm(x, w, b, eps), [x, w, b], np.ones_like(x))
         theirs = _run(lambda x, w, b: F.layer_norm(x, (8,), w, b, eps), [x, w, b], np.ones_like(x))
         np.testing.assert_allclose(ours[0], theirs[0], atol=1e-4, rtol=1e-4)
 
@@ -58,7 +60,7 @@ def test_layer_norm_eps_is_used():
 def test_gelu_matches_builtin_over_a_wide_range():
     x = np.concatenate([np.linspace(-12, 12, 1001), RNG.randn(999) * 3]).astype(np.float32).reshape(40, 50)
     g = RNG.randn(40, 50).astype(np.float32)
-    _close(_run(kernels.gelu, [x], g), _run(F.gelu, [x], g), atol=1e-6)
+    _close(_run(ops.gelu, [x], g), _run(F.gelu, [x], g), atol=1e-6)
 
 
 def test_gelu_against_float64_erf():
@@ -69,7 +71,7 @@ def test_gelu_against_float64_erf():
     x64 = x.astype(np.float64)
     cdf = 0.5 * np.vectorize(math.erfc)(-x64 / math.sqrt(2.0))
     pdf = np.exp(-x64 ** 2 / 2) / math.sqrt(2 * math.pi)
-    y, (dx,) = _run(kernels.gelu, [x], g)
+    y, (dx,) = _run(ops.gelu, [x], g)
     assert np.abs(y - x64 * cdf).max() <= 1e-6
     assert np.abs(dx - g * (cdf + x64 * pdf)).max() <= 2e-6
     # the negative tail, where 1 + erf cancels in the textbook formula, keeps its relative accuracy
@@ -81,13 +83,13 @@ def test_softmax_matches_builtin():
     x = (RNG.randn(3, 4, 7, 7) * 4).astype(np.float32)
     x[..., -2:] -= 10000.0   # masked keys, as the attention mask adds
     g = RNG.randn(*x.shape).astype(np.float32)
-    _close(_run(kernels.softmax, [x], g), _run(lambda t: flow.softmax(t, dim=-1), [x], g), atol=1e-6)
+    _close(_run(ops.softmax, [x], g), _run(lambda t: flow.softmax(t, dim=-1), [x], g), atol=1e-6)
 
 
 def test_log_softmax_matches_builtin():
     x = (RNG.randn(6, 301) * 5).astype(np.float32)
     g = RNG.randn(*x.shape).astype(np.float32)
-    _close(_run(kernels.log_softmax, [x], g), _run(lambda t: flow.log_softmax(t, dim=-1), [x], g),
+    _close(_run(ops.log_softmax, [x], g), _run(lambda t: flow.log_softmax(t, dim=-1), [x], g),
            atol=1e-5)
 
 
@@ -96,7 +98,7 @@ def test_linear_matches_builtin(shape):
     x = RNG.randn(*shape).astype(np.float32)
     w, b = RNG.randn(10, 24).astype(np.float32), RNG.randn(10).astype(np.float32)
     g = RNG.randn(*shape[:-1], 10).astype(np.float32)
-    _close(_run(kernels.linear, [x, w, b], g), _run(F.linear, [x, w, b], g), atol=1e-5)
+    _close(_run(ops.linear, [x, w, b], g), _run(F.linear, [x, w, b], g), atol=1e-5)
 
 
 def test_cross_entropy_matches_builtin():
@@ -108,19 +110,15 @@ def test_cross_entropy_matches_builtin():
     def reference(t):
         return -flow.gather(flow.log_softmax(t, dim=-1), 1, flow.tensor(labels).unsqueeze(1)).squeeze(1)
 
-    ours = _run(lambda t: kernels.cross_entropy(t, flow.tensor(labels)), [x], g)
+    ours = _run(lambda t: ops.cross_entropy(t, flow.tensor(labels)), [x], g)
     _close(ours, _run(reference, [x], g), atol=1e-5)
 
 
-def _builtin_kernels(monkeypatch):
-    monkeypatch.setattr(kernels, "on_cpu", lambda x: False)
-
-
-def _pretraining_step_grads(seed=0):
+def _pretraining_step_grads(kernels, seed=0):
     """Loss and every parameter gradient of one pre-training step of a small BERT, dropout off."""
     flow.manual_seed(seed)
     cfg = BertConfig.tiny(vocab_size=300, num_hidden_layers=2, hidden_dropout_prob=0.0,
-                          attention_probs_dropout_prob=0.0)
+                          attention_probs_dropout_prob=0.0, kernels=kernels)
     model = BertForPreTraining(cfg)
     rng = np.random.RandomState(seed)
     B, S, P = 3, 16, 4
@@ -135,15 +133,16 @@ def _pretraining_step_grads(seed=0):
     weights = flow.tensor(np.array([[1, 1, 1, 0]] * B, np.float32))
     nsp = flow.tensor(rng.randint(0, 2, (B,)), dtype=flow.int64)
     out = model(ids, types, mask, pos)
-    loss, _, _ = pretraining_loss(out.prediction_logits, out.seq_relationship_logits, lm_ids, weights, nsp)
+    loss, _, _ = pretraining_loss(out.prediction_logits, out.seq_relationship_logits, lm_ids, weights, nsp,
+                                  kernels=kernels)
     loss.backward()
     return loss.item(), {n: p.grad.numpy() for n, p in model.named_parameters()}
 
 
-def test_whole_model_gradients_match_builtin_ops(monkeypatch):
-    loss_fast, grads_fast = _pretraining_step_grads()
-    _builtin_kernels(monkeypatch)
-    loss_ref, grads_ref = _pretraining_step_grads()
+def test_whole_model_gradients_match_reference_path():
+    loss_fast, grads_fast = _pretraining_step_grads("fast")
+    loss_ref, grads_ref = _pretraining_step_grads("reference")
+    assert grads_fast.keys() == grads_ref.keys()
     assert abs(loss_fast - loss_ref) <= 1e-5
     for name, ref in grads_ref.items():
         scale = max(1e-3, float(np.abs(ref).max()))
@@ -151,7 +150,20 @@ def test_whole_model_gradients_match_builtin_ops(monkeypatch):
         assert diff <= 1e-4 * scale, f"{name}: max diff {diff:.3g} (max |grad| {scale:.3g})"
 
 
-def test_kernels_work_inside_nn_graph():
+@pytest.mark.parametrize("kernels", ["auto", "fast", "reference"])
+def test_kernels_switch_swaps_modules_not_parameters(kernels):
+    model = BertForPreTraining(BertConfig.tiny(vocab_size=300, kernels=kernels))
+    plain = BertForPreTraining(BertConfig.tiny(vocab_size=300, kernels="reference"))
+    assert list(model.state_dict()) == list(plain.state_dict())
+    layer = model.bert.encoder.layer[0]
+    swapped = [layer.attention.self, layer.attention.output.dense, layer.attention.output.LayerNorm,
+               layer.attention.output.dropout, layer.intermediate.act, model.cls.predictions]
+    for module in swapped:
+        assert isinstance(module, fast.layers.DropIn) == (kernels != "reference"), type(module)
+        assert getattr(module, "kernels", "reference") == kernels
+
+
+def test_fast_ops_work_inside_nn_graph():
     x = flow.tensor(RNG.randn(4, 6, 16).astype(np.float32))
     w = flow.nn.Parameter(flow.tensor(RNG.randn(16).astype(np.float32)))
     b = flow.nn.Parameter(flow.tensor(RNG.randn(16).astype(np.float32)))
@@ -162,11 +174,11 @@ def test_kernels_work_inside_nn_graph():
             self.w, self.b = w, b
 
         def forward(self, x):
-            h = kernels.gelu(kernels.layer_norm(x, self.w, self.b, 1e-12))
-            h = kernels.linear(h, self.w.reshape(16, 1).expand(16, 16) * 0.1, self.b)
-            logits = kernels.log_softmax(kernels.softmax(h) * 3.0).reshape(-1, 16)
+            h = ops.gelu(ops.layer_norm(x, self.w, self.b, 1e-12))
+            h = ops.linear(h, self.w.reshape(16, 1).expand(16, 16) * 0.1, self.b)
+            logits = ops.log_softmax(ops.softmax(h) * 3.0).reshape(-1, 16)
             labels = flow.arange(logits.shape[0], dtype=flow.int64) % 16
-            return kernels.cross_entropy(logits, labels).sum()
+            return ops.cross_entropy(logits, labels).sum()
 
     module = Tiny()
     eager = module(x)
@@ -193,9 +205,12 @@ def test_kernels_work_inside_nn_graph():
     np.testing.assert_allclose(before - w.numpy(), eager_grad, rtol=1e-4, atol=1e-5)
 
 
-def test_dropout_mask_is_bernoulli_and_scaled():
-    from bertlib.model import Dropout
+def Dropout(p):
+    """A fresh nn.Dropout turned into bertlib.fast's, as the model's swap does."""
+    return fast.Dropout.adopt(flow.nn.Dropout(p), "auto")
 
+
+def test_dropout_mask_is_bernoulli_and_scaled():
     layer = Dropout(0.1)
     layer.manual_seed(7)
     x = flow.tensor(np.full((64, 12, 128), 2.0, np.float32), requires_grad=True)
@@ -213,8 +228,6 @@ def test_dropout_mask_is_bernoulli_and_scaled():
 
 
 def test_dropout_masks_follow_the_generator_seed():
-    from bertlib.model import Dropout
-
     layer = Dropout(0.1)
     x = flow.ones(8, 1000)
     layer.manual_seed(3)
@@ -230,23 +243,31 @@ def test_dropout_masks_follow_the_generator_seed():
     np.testing.assert_array_equal(other(x).numpy(), first)  # a function of the seed, not the layer
 
 
-def test_dropout_eval_and_addend():
-    from bertlib.model import Dropout
-
+def test_dropout_eval_is_identity():
     layer = Dropout(0.1)
-    x, r = flow.tensor(RNG.randn(4, 5).astype(np.float32)), flow.tensor(RNG.randn(4, 5).astype(np.float32))
+    x = flow.tensor(RNG.randn(4, 5).astype(np.float32))
     layer.eval()
     np.testing.assert_array_equal(layer(x).numpy(), x.numpy())
-    np.testing.assert_allclose(layer(x, addend=r).numpy(), (x + r).numpy())
-    layer.train()
-    layer.manual_seed(1)
-    plain = layer(x).numpy()
-    layer.manual_seed(1)
-    np.testing.assert_allclose(layer(x, addend=r).numpy(), plain + r.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kernels", ["fast", "reference"])
+def test_reseed_dropout_repeats_the_masks(kernels):
+    flow.manual_seed(0)
+    model = BertForPreTraining(BertConfig.tiny(vocab_size=300, kernels=kernels)).train()
+    ids = flow.tensor(RNG.randint(0, 300, (2, 12)), dtype=flow.int64)
+
+    def logits(seed):
+        reseed_dropout(model, seed)
+        with flow.no_grad():
+            return model(ids).prediction_logits.numpy()
+
+    first = logits(5)
+    np.testing.assert_array_equal(logits(5), first)        # the same seed: the same masks
+    assert np.abs(logits(6) - first).max() > 1e-3          # another seed: other masks
 
 
 def _attention_reference(qkv, mask_bias, keep):
-    """The textbook formulation with OneFlow ops (as in BertSelfAttention's graph/CUDA path)."""
+    """The textbook formulation with OneFlow ops."""
     B, S, _, N, D = qkv.shape
     q, k, v = flow.unbind(qkv.permute(2, 0, 3, 1, 4), 0)
     probs = flow.softmax(flow.matmul(q, k.transpose(-1, -2)) / D ** 0.5 + mask_bias, dim=-1)
@@ -269,7 +290,10 @@ def test_attention_core_matches_oneflow_ops():
         (context * flow.tensor(g_ctx)).sum().add((probs * flow.tensor(g_probs)).sum()).backward()
         return context.numpy(), probs.numpy(), x.grad.numpy()
 
-    ours, ref = run(kernels.self_attention), run(_attention_reference)
-    for a, b in zip(ours, ref):
-        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
-    assert np.abs(ours[1][1, ..., -3:]).max() == 0.0                    # padding gets no attention
+    ref = run(_attention_reference)
+    # the NumPy core (eager CPU) and the OneFlow-op one (nn.Graph, CUDA); a dropout module is a callable
+    for core in (numpy_ops.self_attention, lambda x, m, k: ops.self_attention(x, m, lambda p: p * k)):
+        ours = run(core)
+        for a, b in zip(ours, ref):
+            np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+        assert np.abs(ours[1][1, ..., -3:]).max() == 0.0                # padding gets no attention

@@ -1,0 +1,88 @@
+"""Drop-in subclasses of ``nn.Linear``, ``nn.LayerNorm``, ``nn.GELU`` and ``nn.Dropout``.
+
+Each keeps its parent's parameters (same names, same tensors) and only changes ``forward``: where
+``BertConfig.kernels`` says so (see :func:`bertlib.fast.oneflow_ops.applies`) it calls the
+formulation of :mod:`bertlib.fast.oneflow_ops` or :mod:`bertlib.fast.numpy_ops`, elsewhere the
+parent's own forward. A module becomes one in place, with :meth:`DropIn.adopt`.
+"""
+from __future__ import annotations
+
+from ..runtime import import_oneflow
+from . import numpy_ops, oneflow_ops as ops
+
+flow = import_oneflow()
+nn = flow.nn
+
+
+class DropIn:
+    """What every bertlib.fast module shares: the ``kernels`` choice and becoming one in place."""
+
+    kernels = "auto"
+
+    @classmethod
+    def adopt(cls, module, kernels: str):
+        """Turn ``module`` (an instance of the parent class) into ``cls``; parameters untouched."""
+        module.__class__ = cls
+        module.kernels = kernels
+        return module
+
+
+class Linear(DropIn, nn.Linear):
+    """x W^T + b whose CPU backward forms the bias gradient with a matmul."""
+
+    def forward(self, x):  # float32 [..., in] -> [..., out]
+        if ops.applies(self.kernels, x):
+            return ops.linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+class LayerNorm(DropIn, nn.LayerNorm):
+    """LayerNorm over the last axis, row statistics and broadcasts written as matmuls on the CPU."""
+
+    def forward(self, x):  # float32 [..., H] -> [..., H]
+        if ops.applies(self.kernels, x):
+            return ops.layer_norm(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+class GELU(DropIn, nn.GELU):
+    """Exact (erf) GELU with one vectorised exponential shared by the forward and the backward."""
+
+    def forward(self, x):  # float32 [..., K] -> [..., K]
+        if ops.applies(self.kernels, x):
+            return ops.gelu(x)
+        return super().forward(x)
+
+
+class Dropout(DropIn, nn.Dropout):
+    """Inverted dropout whose eager CPU masks come from NumPy, seeded by the layer's generator.
+
+    The mask stream restarts whenever the generator's seed changes, and on :meth:`manual_seed`
+    (:func:`bertlib.model.reseed_dropout` calls it), so a seed decides every mask after it. Inside
+    nn.Graph, for global tensors and on CUDA: OneFlow's dropout with the same ``generator``.
+    """
+
+    @classmethod
+    def adopt(cls, module, kernels: str):
+        module = super().adopt(module, kernels)
+        module.stream = numpy_ops.DropoutStream()
+        return module
+
+    def manual_seed(self, seed: int):
+        """Re-seed the generator and restart the NumPy mask stream from it."""
+        self.generator.manual_seed(seed)
+        self.stream.reset()
+
+    def forward(self, x):  # float32 [...] -> [...]: x * mask / (1 - p), mask ~ Bernoulli(1 - p)
+        if not self.training or self.p == 0.0:
+            return x
+        if not ops.eager_on_cpu(x):
+            return super().forward(x)
+        # autograd differentiates the product: dx = dy * mask
+        return x * flow.from_numpy(numpy_ops.dropout_mask(self.p, self.generator, self.stream, x.shape))
+
+    def mask(self, shape):
+        """The scaled mask this layer would multiply a CPU tensor of ``shape`` by: float32, 0 or 1 / (1 - p)."""
+        if not self.training or self.p == 0.0:
+            return flow.ones(*shape)
+        return flow.from_numpy(numpy_ops.dropout_mask(self.p, self.generator, self.stream, shape))

@@ -1,0 +1,124 @@
+"""NumPy working directly on the memory of eager CPU tensors: dropout masks and the attention core.
+
+``tensor.numpy()`` of a local CPU tensor and ``flow.from_numpy(array)`` share memory, so NumPy can
+compute on OneFlow tensors without copies. That only holds eagerly and on the CPU: inside
+``nn.Graph``, for global tensors and on CUDA, :mod:`bertlib.fast.layers` and
+:mod:`bertlib.fast.bert` use OneFlow ops instead (``eager_on_cpu`` decides).
+
+Why NumPy here:
+
+* OneFlow's CPU dropout draws its mask one scalar at a time; NumPy's PCG64 fills float32 uniforms
+  several times faster (:class:`DropoutStream`);
+* OneFlow's batched matmul needs contiguous [B, N, S, D] operands, so splitting the heads costs
+  permute copies in both passes, and it runs these small per-head products well below its large
+  matmul speed. NumPy's matmul reads the heads in place as strided views and writes results and
+  gradients straight into their final layout (:class:`_AttentionCore`).
+
+Shape legend: B batch, S sequence length, N heads, D head size.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..runtime import import_oneflow
+
+flow = import_oneflow()
+
+
+# --------------------------------------------------------------------------------------- dropout
+class DropoutStream:
+    """The NumPy random stream behind one dropout layer's CPU masks.
+
+    The stream is a pure function of the layer's OneFlow generator seed and the number of masks
+    drawn since that seed was set, so ``generator.manual_seed`` (what bertlib's trainer does at
+    every step for exact resumption) still decides every mask. Reading the seed is a cheap
+    attribute read; drawing the uniforms from the OneFlow generator itself would cost more than the
+    mask.
+    """
+
+    def __init__(self):
+        self.seed = None
+        self.rng = None
+
+    def reset(self):
+        """Start the stream again from the generator's seed at the next mask."""
+        self.seed = None
+
+    def uniform(self, generator, shape) -> np.ndarray:
+        seed = generator.initial_seed()
+        if seed != self.seed:
+            self.seed, self.rng = seed, np.random.Generator(np.random.PCG64(seed))
+        return self.rng.random(shape, dtype=np.float32)
+
+
+def dropout_mask(p: float, generator, stream: DropoutStream, shape) -> np.ndarray:
+    """float32 array of ``shape``: 1 / (1 - p) with probability 1 - p, else 0 (a scaled Bernoulli mask)."""
+    keep = 1.0 - p
+    u = stream.uniform(generator, tuple(shape))
+    kept = np.less(u, np.float32(keep))
+    np.multiply(kept, np.float32(1.0 / keep), out=u)                  # the scaled mask, in place
+    return u
+
+
+# ------------------------------------------------------------------------------ self-attention
+class _AttentionCore(flow.autograd.Function):
+    """softmax(Q K^T / sqrt(D) + mask_bias), dropout, times V, for every head, with NumPy's matmul.
+
+    Inputs: qkv float32 [B, S, 3, N, D] (the fused projection, contiguous), mask_bias float32
+    [B, 1, 1, S], keep float32 [B, N, S, S] (the scaled dropout mask; all ones without dropout).
+    Outputs: context float32 [B, S, N * D] and the probabilities float32 [B, N, S, S] (pre-dropout).
+
+    NumPy's matmul reads Q, K, V in place as strided views of qkv (each [S, D] head is a BLAS
+    matrix with leading dimension 3 N D), writes the context straight into [B, S, N, D] order and
+    the gradients straight into their slots of d qkv. The softmax stays OneFlow's (vectorised exp).
+    Backward, with P the probabilities, P' = P * keep and G = d context:
+        dV = P'^T G,  dP = (G V^T) * keep + d probs,  dS = P * (dP - rowsum(dP * P)),
+        dQ = dS K / sqrt(D),  dK = dS^T Q / sqrt(D).
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, mask_bias, keep):
+        a = qkv.numpy()                                                          # [B, S, 3, N, D]
+        B, S, _, N, D = a.shape
+        scale = np.float32(1.0 / math.sqrt(D))
+        q = np.multiply(a[:, :, 0], scale).transpose(0, 2, 1, 3)                # [B, N, S, D], scaled
+        k, v = a[:, :, 1].transpose(0, 2, 1, 3), a[:, :, 2].transpose(0, 2, 1, 3)
+        scores = np.matmul(q, k.transpose(0, 1, 3, 2))                          # [B, N, S, S]
+        scores += mask_bias.numpy()                                             # [B, 1, 1, S] rows
+        probs = flow.softmax(flow.from_numpy(scores), dim=-1)                   # [B, N, S, S]
+        dropped = np.multiply(probs.numpy(), keep.numpy())                      # [B, N, S, S]
+        context = np.empty((B, S, N, D), np.float32)
+        np.matmul(dropped, v, out=context.transpose(0, 2, 1, 3))                # heads merged in place
+        ctx.save_for_backward(qkv, probs, keep, flow.from_numpy(dropped))
+        return flow.from_numpy(context.reshape(B, S, N * D)), probs
+
+    @staticmethod
+    def backward(ctx, d_context, d_probs):
+        qkv, probs, keep, dropped = ctx.saved_tensors
+        a, p, dropped = qkv.numpy(), probs.numpy(), dropped.numpy()
+        B, S, _, N, D = a.shape
+        scale = np.float32(1.0 / math.sqrt(D))
+        k, v = a[:, :, 1].transpose(0, 2, 1, 3), a[:, :, 2].transpose(0, 2, 1, 3)
+        g = d_context.contiguous().numpy().reshape(B, S, N, D).transpose(0, 2, 1, 3)  # [B, N, S, D]
+        grad = np.empty_like(a)                                                  # [B, S, 3, N, D]
+        gq, gk, gv = (grad[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        np.matmul(dropped.transpose(0, 1, 3, 2), g, out=gv)                     # dV
+        dp = np.matmul(g, v.transpose(0, 1, 3, 2))                              # [B, N, S, S]
+        dp *= keep.numpy()
+        if d_probs is not None:
+            dp += d_probs.contiguous().numpy()
+        dp -= np.multiply(dp, p).sum(axis=-1, keepdims=True)
+        dp *= p                                                                  # dS
+        np.matmul(dp, k, out=gq)
+        gq *= scale                                                              # dQ
+        q = np.multiply(a[:, :, 0], scale).transpose(0, 2, 1, 3)
+        np.matmul(dp.transpose(0, 1, 3, 2), q, out=gk)                         # dK
+        return flow.from_numpy(grad), None, None
+
+
+def self_attention(qkv, mask_bias, keep):
+    """qkv float32 [B, S, 3, N, D], mask_bias [B, 1, 1, S], keep [B, N, S, S] (scaled dropout mask)
+    -> context float32 [B, S, N * D], probabilities [B, N, S, S]; see _AttentionCore."""
+    return _AttentionCore.apply(qkv.contiguous(), mask_bias.contiguous(), keep)
