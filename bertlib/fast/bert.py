@@ -25,7 +25,8 @@ class SelfAttention(layers.DropIn, BertSelfAttention):
         # the three weights side by side: one [B, S, 3H] matmul instead of three [B, S, H] ones
         qkv_weight = flow.cat([self.query.weight, self.key.weight, self.value.weight], dim=0)  # [3H, H]
         qkv_bias = flow.cat([self.query.bias, self.key.bias, self.value.bias], dim=0)          # [3H]
-        qkv = ops.linear(hidden, qkv_weight, qkv_bias).reshape(B, S, 3, N, D)   # [B, S, 3H] -> [B, S, 3, N, D]
+        qkv = ops.linear(hidden, qkv_weight, qkv_bias)                          # [B, S, 3H]
+        qkv = qkv.reshape(B, S, 3, N, D)                                        # [B, S, 3, N, D]
         if ops.eager_on_cpu(qkv):
             return numpy_ops.self_attention(qkv, mask_bias, self.dropout.mask((B, N, S, S)))
         return ops.self_attention(qkv, mask_bias, self.dropout)

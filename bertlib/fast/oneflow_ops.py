@@ -65,8 +65,8 @@ _CONSTANTS = {}
 def _const(shape, value: float, like):
     """A float tensor filled with ``value`` on ``like``'s device (placement, broadcast, if global).
 
-    Eager constants are cached (``flow.full`` costs ~0.2 ms of Python per call, a few hundred calls
-    per step); inside a graph they are traced as constant ops.
+    Eager constants are cached (building one costs more Python time than the small matmul it feeds,
+    and a step asks a few hundred times); inside a graph they are traced as constant ops.
     """
     shape = tuple(int(s) for s in shape)
     if like.is_lazy:
