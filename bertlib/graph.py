@@ -75,33 +75,36 @@ class TrainStepGraph(flow.nn.Graph):
         return flow.stack(list(outs))                        # float32 [M]
 
 
-def build_train_graph(trainer, model, optimizer):
-    """Return ``step(model, optimizer, batches) -> metrics`` that runs the compiled step."""
-    opt, world = trainer.opt, trainer.world
-    if opt.model_load_dir or opt.model_save_every_n_iter or opt.save_last_snapshot:
-        # a graph keeps the optimizer moments inside itself, not in optimizer.state_dict()
-        raise ValueError("--mode graph cannot save or resume checkpoints yet (its optimizer state "
-                         "lives inside the compiled graph); use --mode eager for runs that checkpoint")
-    for group in optimizer.param_groups:
-        group["clip_grad_max_norm"] = opt.clip_grad_norm
-        group["clip_grad_norm_type"] = 2.0
-    placement = _placement(trainer.device) if world > 1 else None
-    scheduler = _schedule(optimizer, opt.warmup_batches, opt.iter_num)
-    state = {"graph": None, "keys": None}
-    acc = opt.num_accumulation_steps
+def build_train_graph(step_module, optimizer, *, iter_num: int, warmup_batches: int,
+                      accumulation: int = 1, clip_grad_norm: float = 1.0, use_fp16: bool = False,
+                      device: str = "cpu", world: int = 1):
+    """Return ``step(batches) -> metrics`` that runs one compiled optimizer step.
 
-    def step(_model, _optimizer, batches):
+    ``step_module(batch)`` returns the step's scalars (the first is optimised); ``batches`` is the
+    rank's batch iterator, of which a step draws ``accumulation`` micro-batches. The learning-rate
+    schedule (warm-up, then linear decay to 0 at ``iter_num``) and the gradient clipping are
+    compiled into the graph.
+    """
+    for group in optimizer.param_groups:
+        group["clip_grad_max_norm"] = clip_grad_norm
+        group["clip_grad_norm_type"] = 2.0
+    placement = _placement(device) if world > 1 else None
+    scheduler = _schedule(optimizer, warmup_batches, iter_num)
+    state = {"graph": None, "keys": None}
+
+    def step(batches):
         # with accumulation the graph takes all micro-batches of a step at once and splits them
-        micro = [next(batches) for _ in range(acc)]
+        micro = [next(batches) for _ in range(accumulation)]
         if state["keys"] is None:
             state["keys"] = tuple(sorted(micro[0]))
         keys = state["keys"]
-        tensors = [flow.cat([m[k] for m in micro], dim=0) if acc > 1 else micro[0][k] for k in keys]
+        tensors = [flow.cat([m[k] for m in micro], dim=0) if accumulation > 1 else micro[0][k]
+                   for k in keys]
         if placement is not None:
             tensors = [t.to_global(placement=placement, sbp=flow.sbp.split(0)) for t in tensors]
         if state["graph"] is None:
-            state["graph"] = TrainStepGraph(trainer.step_module, optimizer, scheduler, keys, acc,
-                                            opt.use_fp16)
+            state["graph"] = TrainStepGraph(step_module, optimizer, scheduler, keys, accumulation,
+                                            use_fp16)
         metrics = state["graph"](*tensors)
         if placement is not None:
             metrics = metrics.to_global(placement=placement, sbp=flow.sbp.broadcast).to_local()

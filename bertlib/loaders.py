@@ -40,10 +40,10 @@ import numpy as np
 from . import runtime
 from .ofrecord import (DataError, Schema, ValidationSummary, iter_records, part_paths,
                        rank_part_ranges, validate_data_dir)
-from .pretraining_data import METADATA_FILE, pretraining_schema
+from .pretraining_data import METADATA_FILE
+from .schemas import RecordSchema, pretraining_schema, squad_schema
 
-__all__ = ["OFRecordLoader", "PretrainingLoader", "SquadLoader", "iter_numpy_batches", "count_parts",
-           "squad_schema"]
+__all__ = ["OFRecordLoader", "PretrainingLoader", "SquadLoader", "iter_numpy_batches", "count_parts"]
 
 
 def count_parts(data_dir: str | os.PathLike, prefix: str = "part-", suffix_length: int | None = None) -> int:
@@ -73,7 +73,8 @@ class OFRecordLoader:
     Args:
         data_dir: directory of ``part-*`` OFRecord files.
         batch_size: records per batch on this rank.
-        schema: ``name -> (dtype, length)``; every record must hold these features.
+        schema: ``name -> (dtype, length)``; every record must hold these features. A
+            :class:`bertlib.schemas.RecordSchema` also brings its id features and value ranges.
         data_part_num: number of part files (None: count them).
         shuffle: shuffle buffer + part order reshuffled each pass; False reads parts in order.
         seed: the reader's random seed (same seed, same order).
@@ -81,14 +82,15 @@ class OFRecordLoader:
         validate: check the data first (recommended; see the module docstring). With False only
             the framing of each part is checked (still needed to count records).
         vocab_size: token ids in ``id_features`` must be below it.
-        value_ranges: more ``name -> (low, high)`` bounds for validation.
+        id_features: features holding token ids (None: the schema's, else ``input_ids``).
+        value_ranges: more ``name -> (low, high)`` bounds for validation (added to the schema's).
         int_dtype: OneFlow dtype for integer features (default ``flow.int64``).
     """
 
     def __init__(self, data_dir: str | os.PathLike, batch_size: int, schema: Mapping[str, tuple],
                  data_part_num: int | None = None, *, shuffle: bool = True, seed: int = 12345,
                  device: str = "cpu", validate: bool = True, vocab_size: int | None = None,
-                 id_features: Sequence[str] = ("input_ids",),
+                 id_features: Sequence[str] | None = None,
                  value_ranges: Mapping[str, tuple[float, float]] | None = None,
                  prefix: str = "part-", suffix_length: int | None = None,
                  shuffle_buffer_size: int = 1024, int_dtype=None):
@@ -97,6 +99,10 @@ class OFRecordLoader:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         self.data_dir = Path(data_dir)
         self.schema = schema if isinstance(schema, Schema) else Schema(schema)
+        if isinstance(schema, RecordSchema):
+            id_features = schema.id_features if id_features is None else id_features
+            value_ranges = {**schema.value_ranges, **(value_ranges or {})}
+        id_features = ("input_ids",) if id_features is None else id_features
         self.batch_size, self.shuffle, self.seed, self.device = batch_size, shuffle, seed, device
         self.world_size, self.rank = runtime.world_size(), runtime.rank()
         if data_part_num is None:
@@ -157,7 +163,7 @@ class OFRecordLoader:
 
 
 class PretrainingLoader(OFRecordLoader):
-    """BERT pre-training batches: the seven features of :func:`bertlib.pretraining_data.pretraining_schema`.
+    """BERT pre-training batches: the seven features of :func:`bertlib.schemas.pretraining_schema`.
 
     ``input_ids``, ``input_mask``, ``segment_ids``: int64 [B, seq_length];
     ``masked_lm_positions``, ``masked_lm_ids``: int64 [B, max_predictions_per_seq];
@@ -173,19 +179,9 @@ class PretrainingLoader(OFRecordLoader):
                  vocab_size: int | None = None, **kwargs):
         if vocab_size is None:
             vocab_size = _metadata(Path(data_dir)).get("vocab_size")
-        ranges = {"masked_lm_positions": (0, seq_length), "segment_ids": (0, 2), "input_mask": (0, 2),
-                  "next_sentence_labels": (0, 2)}
         super().__init__(data_dir, batch_size, pretraining_schema(seq_length, max_predictions_per_seq),
                          data_part_num, shuffle=shuffle, seed=seed, device=device, validate=validate,
-                         vocab_size=vocab_size, id_features=("input_ids", "masked_lm_ids"),
-                         value_ranges=ranges, **kwargs)
-
-
-def squad_schema(seq_length: int = 384, is_training: bool = True) -> Schema:
-    """SQuAD records (REFERENCE §2): train adds start/end positions, eval adds unique_ids."""
-    from .squad.features import squad_eval_schema, squad_train_schema
-
-    return Schema(squad_train_schema(seq_length) if is_training else squad_eval_schema(seq_length))
+                         vocab_size=vocab_size, **kwargs)
 
 
 class SquadLoader(OFRecordLoader):
@@ -201,14 +197,10 @@ class SquadLoader(OFRecordLoader):
                  is_training: bool = True, data_part_num: int | None = None, *,
                  shuffle: bool | None = None, seed: int = 12345, device: str = "cpu",
                  validate: bool = True, vocab_size: int | None = None, **kwargs):
-        ranges = {"segment_ids": (0, 2), "input_mask": (0, 2)}
-        if is_training:
-            ranges.update(start_positions=(0, seq_length), end_positions=(0, seq_length))
         self.is_training = is_training
         super().__init__(data_dir, batch_size, squad_schema(seq_length, is_training), data_part_num,
                          shuffle=is_training if shuffle is None else shuffle, seed=seed, device=device,
-                         validate=validate, vocab_size=vocab_size, id_features=("input_ids",),
-                         value_ranges=ranges, **kwargs)
+                         validate=validate, vocab_size=vocab_size, **kwargs)
 
 
 def iter_numpy_batches(data_dir: str | os.PathLike, batch_size: int,

@@ -28,7 +28,7 @@ Determinism: every document window (at most 1,000 sentences) has its own random 
 ``(seed, pass, window)``, the windows' outputs are gathered in order and shuffled with a seeded
 generator, so the same seed gives the same bytes whatever the number of worker processes.
 
-Records (REFERENCE §2, the names of Google's script; ``S = seq_length``, ``P = max_predictions_per_seq``):
+Records (:mod:`bertlib.schemas`; the names of Google's script, ``S = seq_length``, ``P = max_predictions_per_seq``):
 
 =========================  =========  =====================================================
 ``input_ids``              int32[S]   ``[CLS] A [SEP] B [SEP]`` then ``[PAD]`` (id of it) ...
@@ -57,7 +57,8 @@ from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from .corpus import FORMATS, CorpusError, Document, find_text_files, parse_documents, read_corpus, read_text
-from .ofrecord import Schema, encode_packed_entry, encode_varints, write_shards
+from .ofrecord import encode_packed_entry, encode_varints, write_shards
+from .schemas import pretraining_schema
 from .tokenization import SPECIAL_TOKENS, encode_ids, load_tokenizer, read_vocab, special_token_ids
 
 __all__ = ["pretraining_schema", "create_pretraining_data", "make_instances", "render_instance",
@@ -67,19 +68,6 @@ METADATA_FILE = "bertlib_data.json"
 _WINDOW_SENTENCES = 1000   # a long document is walked in windows of this many sentences
 _TASK_SENTENCES = 4000     # windows are batched into tasks of about this many sentences
 _SHUFFLE_BUFFER = 1 << 18  # records held for shuffling (~230 MB at seq 128); smaller data: a full shuffle
-
-
-def pretraining_schema(seq_length: int = 128, max_predictions_per_seq: int = 20) -> Schema:
-    """The features of a pre-training record with their dtypes and lengths (module docstring)."""
-    return Schema({
-        "input_ids": (np.int32, seq_length),
-        "input_mask": (np.int32, seq_length),
-        "segment_ids": (np.int32, seq_length),
-        "masked_lm_positions": (np.int32, max_predictions_per_seq),
-        "masked_lm_ids": (np.int32, max_predictions_per_seq),
-        "masked_lm_weights": (np.float32, max_predictions_per_seq),
-        "next_sentence_labels": (np.int32, 1),
-    })
 
 
 # --------------------------------------------------------------------------------------------------

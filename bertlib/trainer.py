@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -56,6 +56,30 @@ class TrainOptions:
     run_args: dict = field(default_factory=dict)  # recorded in checkpoints
 
 
+    @classmethod
+    def from_options(cls, source, **overrides) -> "TrainOptions":
+        """The fields of ``source`` (a task's options object) that TrainOptions has, then ``overrides``."""
+        names = [f.name for f in fields(cls)]
+        values = {n: getattr(source, n) for n in names if hasattr(source, n)}
+        return cls(**{**values, **overrides})
+
+
+def _check_options(options: TrainOptions, device: str):
+    if options.use_fp16 and not device.startswith("cuda"):
+        raise ValueError("--use_fp16 needs a CUDA device: OneFlow 0.9 has no float16 CPU kernels "
+                         "for matmul and softmax (run without --use_fp16 on CPU)")
+    if options.mode not in ("eager", "graph"):
+        raise ValueError(f"--mode must be eager or graph (got {options.mode!r})")
+    if options.use_fp16 and options.mode != "graph":
+        raise ValueError("--use_fp16 runs in --mode graph (OneFlow 0.9's eager GradScaler cannot "
+                         "scale losses); add --mode graph")
+    if options.mode == "graph" and (options.model_load_dir or options.model_save_every_n_iter
+                                    or options.save_last_snapshot):
+        # a graph keeps the optimizer moments inside itself, not in optimizer.state_dict()
+        raise ValueError("--mode graph cannot save or resume checkpoints yet (its optimizer state "
+                         "lives inside the compiled graph); use --mode eager for runs that checkpoint")
+
+
 def average_gradients(params, world: int):
     """Replace every parameter's gradient by its mean over the ``world`` ranks (one all-reduce each)."""
     flow = import_oneflow()
@@ -77,119 +101,154 @@ class _LossModule(import_oneflow().nn.Module):
         return tuple(self.loss_fn(self.model, batch))
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(log_dir) -> list[dict]:
+    """The records a run logged to ``log_dir`` (rank 0 writes one JSON line per print period)."""
+    path = Path(log_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def skip_batches(batches: Iterator[dict], n: int) -> Iterator[dict]:
+    """``batches`` after drawing ``n`` of them: where a resumed run's data stream left off."""
+    for _ in range(n):
+        next(batches)
+    return batches
+
+
+def global_batch_size(batch_size_per_device: int, num_accumulation_steps: int, world_size: int) -> int:
+    """Examples per optimizer step over all ranks (see the module docstring)."""
+    return world_size * batch_size_per_device * num_accumulation_steps
+
+
 class Trainer:
     """Runs ``options.iter_num`` optimizer steps of ``loss_fn`` over batches from ``make_batches``.
+
+    Everything the loop needs is set up here: the model on its device (global tensors in graph mode
+    across ranks), the optimizer, the resumed state of ``options.model_load_dir``, the module a
+    step calls (wrapped for data parallelism) and the step function itself; :meth:`fit` only runs.
 
     Args:
         model: a bertlib model (already configured; moved to ``device`` here).
         loss_fn: ``loss_fn(model, batch) -> sequence of scalar tensors``; the first is optimised, all
             are logged under ``metric_names``.
-        make_batches: ``make_batches(skip)`` -> iterator of batches (dicts of tensors) for this
-            rank, having skipped ``skip`` batches (the data position of a resumed run).
+        make_batches: ``make_batches()`` -> a fresh iterator of this rank's batches (dicts of
+            tensors) from the start of its data; a resumed run skips what it had consumed.
         log_line: formats one log record (dict) as the line printed every print period.
     """
 
-    def __init__(self, model, loss_fn: Callable, make_batches: Callable[[int], Iterator[dict]],
+    def __init__(self, model, loss_fn: Callable, make_batches: Callable[[], Iterator[dict]],
                  options: TrainOptions, device: str = "cpu", metric_names: Sequence[str] = ("loss",),
                  log_line: Callable[[dict], str] | None = None):
-        self.flow = import_oneflow()
-        self.model, self.loss_fn, self.make_batches = model, loss_fn, make_batches
+        _check_options(options, device)
+        self.flow = flow = import_oneflow()
+        self.loss_fn, self.make_batches = loss_fn, make_batches
         self.opt, self.device = options, device
         self.metric_names = tuple(metric_names)
         self.log_line = log_line or (lambda r: f"iter {r['iter']}, " + ", ".join(
             f"{k}: {r[k]:.3f}" for k in self.metric_names))
         self.rank, self.world = runtime.rank(), runtime.world_size()
+        self.global_batch = global_batch_size(options.batch_size_per_device,
+                                              options.num_accumulation_steps, self.world)
         self.records: list[dict] = []
-        if options.use_fp16 and not device.startswith("cuda"):
-            raise ValueError("--use_fp16 needs a CUDA device: OneFlow 0.9 has no float16 CPU kernels "
-                             "for matmul and softmax (run without --use_fp16 on CPU)")
-        if options.mode not in ("eager", "graph"):
-            raise ValueError(f"--mode must be eager or graph (got {options.mode!r})")
-        if options.use_fp16 and options.mode != "graph":
-            raise ValueError("--use_fp16 runs in --mode graph (OneFlow 0.9's eager GradScaler cannot "
-                             "scale losses); add --mode graph")
 
-    @property
-    def global_batch(self) -> int:
-        return self.world * self.opt.batch_size_per_device * self.opt.num_accumulation_steps
-
-    # ---------------------------------------------------------------------------------- the loop
-    def fit(self) -> list[dict]:
-        flow, opt = self.flow, self.opt
-        model = self.model.to(self.device)
-        if opt.mode == "graph" and self.world > 1:
+        self.model = model.to(device)
+        if options.mode == "graph" and self.world > 1:
             # parameters must be global (replicated) before the optimizer is built over them
             from .graph import replicate
 
-            replicate(model, self.device)
-        optimizer = build_optimizer(model, opt.optimizer, opt.learning_rate, opt.weight_decay_rate)
-        start_step, consumed = 0, 0
-        if opt.model_load_dir:
-            state = load_checkpoint(opt.model_load_dir, model, optimizer, model.config)
-            start_step, consumed = state["step"], state["consumed_batches"]
-            self._print(f"Resumed from {state['path']} at iter {start_step}")
-        self.step_module = _LossModule(model, self.loss_fn)
-        self._reduce_after_accumulation = None
-        if self.world > 1 and opt.mode == "eager":
-            if opt.num_accumulation_steps == 1:
-                # replicas start identical (rank 0's weights are broadcast) and gradients are averaged
-                self.step_module = flow.nn.parallel.DistributedDataParallel(self.step_module)
-            else:
-                # DDP would all-reduce after every micro-batch; averaging once, after the last one,
-                # is the same update for 1/acc of the traffic (BERT-base: 440 MB, ~0.9 s on 2 CPU ranks)
-                with flow.no_grad():   # in place on a leaf that requires grad would make it a non-leaf
-                    for tensor in list(model.parameters()) + list(model.buffers()):
-                        flow.comm.broadcast(tensor, 0)
-                self._reduce_after_accumulation = [p for p in model.parameters() if p.requires_grad]
-        step_fn = self._eager_step if opt.mode == "eager" else self._graph_step_fn(model, optimizer)
-        if opt.log_dir and self.rank == 0 and start_step == 0:
+            replicate(self.model, device)
+        self.optimizer = build_optimizer(self.model, options.optimizer, options.learning_rate,
+                                         options.weight_decay_rate)
+        self.start_step, self.consumed_batches = 0, 0
+        if options.model_load_dir:
+            state = load_checkpoint(options.model_load_dir, self.model, self.optimizer, self.model.config)
+            self.start_step, self.consumed_batches = state["step"], state["consumed_batches"]
+            self._print(f"Resumed from {state['path']} at iter {self.start_step}")
+        self.dropouts = [m for m in self.model.modules() if isinstance(m, flow.nn.Dropout)]
+        self.step_module, self.reduce_after_accumulation = self._data_parallel(
+            _LossModule(self.model, loss_fn))
+        if options.mode == "eager":
+            self.step = self._eager_step
+        else:
+            from .graph import build_train_graph
+
+            self.step = build_train_graph(
+                self.step_module, self.optimizer, iter_num=options.iter_num,
+                warmup_batches=options.warmup_batches, accumulation=options.num_accumulation_steps,
+                clip_grad_norm=options.clip_grad_norm, use_fp16=options.use_fp16, device=device,
+                world=self.world)
+
+    def _data_parallel(self, step_module):
+        """(module a step calls, parameters to average by hand after accumulation or None)."""
+        flow = self.flow
+        if self.world == 1 or self.opt.mode == "graph":   # a graph inserts its own all-reduce
+            return step_module, None
+        if self.opt.num_accumulation_steps == 1:
+            # replicas start identical (rank 0's weights are broadcast) and gradients are averaged
+            return flow.nn.parallel.DistributedDataParallel(step_module), None
+        # DDP would all-reduce after every micro-batch; averaging once, after the last one,
+        # is the same update for 1/acc of the traffic (BERT-base: 440 MB, ~0.9 s on 2 CPU ranks)
+        with flow.no_grad():   # in place on a leaf that requires grad would make it a non-leaf
+            for tensor in list(self.model.parameters()) + list(self.model.buffers()):
+                flow.comm.broadcast(tensor, 0)
+        return step_module, [p for p in self.model.parameters() if p.requires_grad]
+
+    # ---------------------------------------------------------------------------------- the loop
+    def fit(self) -> list[dict]:
+        opt = self.opt
+        if opt.log_dir and self.rank == 0 and self.start_step == 0:
             # a new run starts a new log; a resumed one continues its own
-            (Path(opt.log_dir) / "metrics.jsonl").unlink(missing_ok=True)
-        batches = self.make_batches(consumed)
-        model.train()
-        bar = self._progress_bar(start_step)
+            (Path(opt.log_dir) / METRICS_FILE).unlink(missing_ok=True)
+        batches = skip_batches(self.make_batches(), self.consumed_batches)
+        self.model.train()
+        bar = self._progress_bar(self.start_step)
         sums, n_in_interval, t0 = None, 0, time.perf_counter()
-        for step in range(start_step, opt.iter_num):
+        for step in range(self.start_step, opt.iter_num):
             lr = opt.learning_rate * warmup_linear_decay(step, opt.warmup_batches, opt.iter_num)
             if opt.mode == "eager":  # a graph carries the same schedule inside (bertlib.graph)
-                for group in optimizer.param_groups:
+                for group in self.optimizer.param_groups:
                     group["lr"] = lr
-            self._reseed_dropout(model, step)
-            metrics = step_fn(model, optimizer, batches)        # float32 [M], this step's metrics
-            consumed += opt.num_accumulation_steps
+            self._reseed_dropout(step)
+            metrics = self.step(batches)                     # float32 [M], this step's metrics
+            self.consumed_batches += opt.num_accumulation_steps
             sums = metrics if sums is None else sums + metrics
             n_in_interval += 1
             if bar is not None:
                 bar.update(1)
             last = step + 1 == opt.iter_num
             if (step + 1) % opt.loss_print_every_n_iter == 0 or last:
-                elapsed = time.perf_counter() - t0
-                self._log(step, sums, n_in_interval, elapsed, lr, bar)
+                self._log(step, sums, n_in_interval, time.perf_counter() - t0, lr, bar)
                 sums, n_in_interval, t0 = None, 0, time.perf_counter()
-            if opt.model_save_dir and ((opt.model_save_every_n_iter and (step + 1) % opt.model_save_every_n_iter == 0)
-                                       or (last and opt.save_last_snapshot)):
+            if self._save_due(step + 1, last):
                 t_save = time.perf_counter()
-                self._save(step + 1, model, optimizer, consumed)
+                self._save(step + 1)
                 t0 += time.perf_counter() - t_save  # saving is not training speed
         if bar is not None:
             bar.close()
         return self.records
 
-    def _reseed_dropout(self, model, step):
+    def _save_due(self, done: int, last: bool) -> bool:
+        opt = self.opt
+        every = opt.model_save_every_n_iter and done % opt.model_save_every_n_iter == 0
+        return bool(opt.model_save_dir) and bool(every or (last and opt.save_last_snapshot))
+
+    def _reseed_dropout(self, step):
         """Give every dropout layer a seed derived from (seed, step, rank, layer index).
 
         OneFlow's nn.Dropout draws from a generator of its own, created with a random seed, so
         ``flow.manual_seed`` does not reach it; re-seeding per step makes a resumed run exact.
         """
-        if not hasattr(self, "_dropouts"):
-            self._dropouts = [m for m in model.modules() if isinstance(m, self.flow.nn.Dropout)]
         base = (self.opt.seed * 1_000_003 + step * self.world + self.rank) * 1_009
-        for index, module in enumerate(self._dropouts):
-            # bertlib's Dropout also restarts its CPU mask stream (bertlib.kernels.dropout)
+        for index, module in enumerate(self.dropouts):
+            # bertlib's Dropout also restarts its CPU mask stream
             seed = getattr(module, "manual_seed", module.generator.manual_seed)
             seed(base + index)
 
-    def _eager_step(self, model, optimizer, batches):
+    def _eager_step(self, batches):
         flow, acc = self.flow, self.opt.num_accumulation_steps
         total = None
         for _ in range(acc):
@@ -197,18 +256,13 @@ class Trainer:
             (outs[0] / acc).backward()
             detached = flow.stack([o.detach() for o in outs]) / acc
             total = detached if total is None else total + detached
-        if self._reduce_after_accumulation:
-            average_gradients(self._reduce_after_accumulation, self.world)
+        if self.reduce_after_accumulation:
+            average_gradients(self.reduce_after_accumulation, self.world)
         if self.opt.clip_grad_norm:
-            flow.nn.utils.clip_grad_norm_(model.parameters(), self.opt.clip_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
+            flow.nn.utils.clip_grad_norm_(self.model.parameters(), self.opt.clip_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
         return total
-
-    def _graph_step_fn(self, model, optimizer):
-        from .graph import build_train_graph
-
-        return build_train_graph(self, model, optimizer)
 
     # ----------------------------------------------------------------------- logging and saving
     def _log(self, step, sums, n, elapsed, lr, bar):
@@ -233,13 +287,13 @@ class Trainer:
                 print(line, flush=True)
             if self.opt.log_dir:
                 Path(self.opt.log_dir).mkdir(parents=True, exist_ok=True)
-                with open(Path(self.opt.log_dir) / "metrics.jsonl", "a") as f:
+                with open(Path(self.opt.log_dir) / METRICS_FILE, "a") as f:
                     f.write(json.dumps(record) + "\n")
 
-    def _save(self, step, model, optimizer, consumed):
+    def _save(self, step):
         if self.rank == 0:
-            path = save_checkpoint(self.opt.model_save_dir, step, model, optimizer,
-                                   {"consumed_batches": consumed, "seed": self.opt.seed,
+            path = save_checkpoint(self.opt.model_save_dir, step, self.model, self.optimizer,
+                                   {"consumed_batches": self.consumed_batches, "seed": self.opt.seed,
                                     "world_size": self.world, "args": self.opt.run_args})
             self._print(f"Saved checkpoint {path}")
         if self.world > 1:

@@ -24,7 +24,7 @@ SMALL_MODEL = ["--num_hidden_layers", "1", "--num_attention_heads", "2", "--hidd
 
 
 def pretrain(*args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "bertlib.pretrain", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "bertlib.cli.pretrain", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -24,8 +24,8 @@ SMALL = ["--max_seq_length", "128", "--doc_stride", "64", "--max_query_length", 
 
 
 def bert_squad(*args, timeout=240):
-    """Run the CLI as a user does (``python -m bertlib.squad``); return the CompletedProcess."""
-    return subprocess.run([sys.executable, "-m", "bertlib.squad", *map(str, args)], cwd=ROOT,
+    """Run the CLI as a user does (``bert-squad``); return the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "bertlib.cli.squad", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -160,7 +160,7 @@ def test_vocab_case_mismatch(tiny_model, tmp_path):
     assert_usage_error(proc, "cased", "--no_lower_case")
     # the MiniLM checkpoint records do_lower_case=true in its tokenizer_config.json
     if (ROOT / ".venv").exists():
-        from bertlib.squad_run import minilm_dir
+        from bertlib.tasks.squad import minilm_dir
 
         try:
             minilm_dir()
@@ -225,7 +225,8 @@ def test_flags_and_help():
 
 
 def test_helpers(tmp_path):
-    from bertlib.squad_run import subset_squad_json, train_steps
+    from bertlib.squad.data import subset_squad_json
+    from bertlib.tasks.squad import train_steps
 
     assert train_steps(12032, 16, 1.0) == 752
     assert train_steps(12032, 16, 2.0, cap=100) == 100
@@ -242,7 +243,7 @@ def test_helpers(tmp_path):
 
 def test_remade_data_leaves_no_stale_parts(tmp_path):
     """Data re-made with other settings replaces the old parts (a stale part-1 would be read too)."""
-    from bertlib.squad_run import build_squad_data, check_squad_data, subset_squad_json
+    from bertlib.squad.data import build_squad_data, check_squad_data, subset_squad_json
 
     small = subset_squad_json(TRAIN, 12, tmp_path / "train12.json")
     settings = dict(doc_stride=64, max_query_length=32, do_lower_case=True)

@@ -5,7 +5,8 @@
 
 Input: text files or directories (their *.txt files); one sentence per line with blank lines
 between documents, or running prose (see bertlib.corpus; --input_format). Output: part-0 ..
-part-{N-1} with the seven features of REFERENCE §2, and bertlib_data.json (settings and counts).
+part-{N-1} with the seven features of bertlib.schemas.pretraining_schema, and bertlib_data.json
+(settings and counts).
 The same --seed gives the same bytes, whatever --num_workers.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._help import DefaultsFormatter
+from .common import DefaultsFormatter
 
 PROG = "bert-make-pretraining-data"
 
@@ -62,8 +63,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     from ..corpus import CorpusError, find_text_files
-    from ..ofrecord import DataError, validate_data_dir
-    from ..pretraining_data import create_pretraining_data, pretraining_schema
+    from ..ofrecord import DataError
+    from ..pretraining_data import create_pretraining_data
+    from ..schemas import pretraining_schema
     from ..resources import default_corpus_dir, default_vocab, find_vocab
     from ..tokenization import VocabError, read_vocab, train_vocab
 
@@ -95,9 +97,8 @@ def main(argv=None) -> int:
             num_workers=args.num_workers, progress=not args.quiet, input_format=input_format,
             lowercase=args.lowercase)
         # Read back what was written: the same check the loaders do before training.
-        validate_data_dir(args.output_dir, pretraining_schema(args.seq_length, args.max_predictions_per_seq),
-                          args.data_part_num, vocab_size=summary.vocab_size,
-                          id_features=("input_ids", "masked_lm_ids"))
+        pretraining_schema(args.seq_length, args.max_predictions_per_seq).validate(
+            args.output_dir, args.data_part_num, vocab_size=summary.vocab_size)
     except (CorpusError, VocabError, DataError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._help import DefaultsFormatter
+from .common import DefaultsFormatter
 
 PROG = "bert-train-vocab"
 

@@ -15,17 +15,17 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import DefaultsFormatter
+from ..schemas import SCHEMA_NAMES
+from .common import DefaultsFormatter
 
 PROG = "bert-validate-data"
-SCHEMAS = ("pretraining", "squad-train", "squad-eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsFormatter,
                                 description="Validate OFRecord shards (pre-training or SQuAD).")
     p.add_argument("--data_dir", required=True, help="directory of part-* files")
-    p.add_argument("--schema", choices=SCHEMAS, default=None,
+    p.add_argument("--schema", choices=SCHEMA_NAMES, default=None,
                    help="record layout (default: from the directory's metadata, else pretraining)")
     p.add_argument("--data_part_num", type=int, default=None, help="number of parts (default: count them)")
     p.add_argument("--num_ranks", type=int, default=1, help="processes that will read the data")
@@ -52,9 +52,10 @@ def _read_json(path: Path) -> dict:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
-    from ..loaders import count_parts, squad_schema
-    from ..ofrecord import DataError, validate_data_dir
-    from ..pretraining_data import METADATA_FILE, pretraining_schema
+    from ..loaders import count_parts
+    from ..ofrecord import DataError
+    from ..pretraining_data import METADATA_FILE
+    from ..schemas import schema_by_name
     from ..tokenization import VocabError, read_vocab
 
     data_dir = Path(args.data_dir)
@@ -63,28 +64,17 @@ def main(argv=None) -> int:
         squad = _read_json(data_dir / "squad_features.json")
         schema_name = args.schema or (("squad-train" if squad.get("is_training") else "squad-eval")
                                       if squad else "pretraining")
-        vocab_size = args.vocab_size
-        if args.vocab_file:
-            vocab_size = len(read_vocab(args.vocab_file))
+        vocab_size = len(read_vocab(args.vocab_file)) if args.vocab_file else args.vocab_size
         if schema_name == "pretraining":
             seq = args.seq_length or meta.get("seq_length", 128)
-            pred = args.max_predictions_per_seq or meta.get("max_predictions_per_seq", 20)
-            schema = pretraining_schema(seq, pred)
-            ids = ("input_ids", "masked_lm_ids")
-            ranges = {"masked_lm_positions": (0, seq), "segment_ids": (0, 2), "input_mask": (0, 2),
-                      "next_sentence_labels": (0, 2)}
             vocab_size = vocab_size or meta.get("vocab_size")
         else:
             seq = args.seq_length or squad.get("max_seq_length", 384)
-            schema = squad_schema(seq, schema_name == "squad-train")
-            ids = ("input_ids",)
-            ranges = {"segment_ids": (0, 2), "input_mask": (0, 2)}
-            if schema_name == "squad-train":
-                ranges.update(start_positions=(0, seq), end_positions=(0, seq))
+        schema = schema_by_name(schema_name, seq, args.max_predictions_per_seq
+                                or meta.get("max_predictions_per_seq", 20))
         parts = args.data_part_num or count_parts(data_dir, args.part_name_prefix, args.part_name_suffix_length)
-        summary = validate_data_dir(data_dir, schema, parts, num_ranks=args.num_ranks, vocab_size=vocab_size,
-                                    id_features=ids, prefix=args.part_name_prefix,
-                                    suffix_length=args.part_name_suffix_length, value_ranges=ranges)
+        summary = schema.validate(data_dir, parts, num_ranks=args.num_ranks, vocab_size=vocab_size,
+                                  prefix=args.part_name_prefix, suffix_length=args.part_name_suffix_length)
     except (DataError, VocabError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..schemas import squad_eval_schema, squad_train_schema
 from .examples import SquadDataError, SquadExample, read_squad_examples
 
 __all__ = [
@@ -55,27 +56,6 @@ __all__ = [
 
 FIRST_UNIQUE_ID = 1000000000
 MANIFEST_NAME = "squad_features.json"
-
-
-def squad_train_schema(seq_length: int = 384) -> dict:
-    """Feature name -> (numpy dtype, length) of a training record (REFERENCE §2)."""
-    return {
-        "input_ids": (np.int32, seq_length),
-        "input_mask": (np.int32, seq_length),
-        "segment_ids": (np.int32, seq_length),
-        "start_positions": (np.int32, 1),
-        "end_positions": (np.int32, 1),
-    }
-
-
-def squad_eval_schema(seq_length: int = 384) -> dict:
-    """Feature name -> (numpy dtype, length) of an evaluation record (REFERENCE §2)."""
-    return {
-        "input_ids": (np.int32, seq_length),
-        "input_mask": (np.int32, seq_length),
-        "segment_ids": (np.int32, seq_length),
-        "unique_ids": (np.int32, 1),
-    }
 
 
 @dataclass

@@ -15,7 +15,7 @@ from bertlib.launch import fail_fast
 
 flow = runtime.import_oneflow()
 
-from bertlib.cli.pretrain import log_line, pretraining_step_loss  # noqa: E402
+from bertlib.tasks.pretraining import log_line, pretraining_step_loss  # noqa: E402
 from bertlib.config import BertConfig  # noqa: E402
 from bertlib.model import BertForPreTraining  # noqa: E402
 from bertlib.trainer import Trainer, TrainOptions  # noqa: E402
@@ -23,8 +23,10 @@ from bertlib.trainer import Trainer, TrainOptions  # noqa: E402
 V, S, P, B = 300, 24, 4, 4
 
 
-def batches(skip, fail_step=None, kill=False, micro=B):
-    """Batches of B examples, each yielded as B // micro micro-batches (the same examples either way)."""
+def batches(fail_step=None, kill=False, micro=B):
+    """Batches of B examples, each yielded as B // micro micro-batches (the same examples either way).
+
+    A resumed run's Trainer draws and drops the batches it had consumed, as it does from a loader."""
     rng = np.random.RandomState(1000 + runtime.rank())
     index = 0
     while True:
@@ -42,8 +44,7 @@ def batches(skip, fail_step=None, kill=False, micro=B):
                  "masked_lm_weights": np.ones((B, P), np.float32),
                  "next_sentence_labels": rng.randint(0, 2, (B, 1))}
         for start in range(0, B, micro):
-            if index >= skip:
-                yield {k: flow.tensor(v[start:start + micro]) for k, v in batch.items()}
+            yield {k: flow.tensor(v[start:start + micro]) for k, v in batch.items()}
             index += 1
 
 
@@ -72,7 +73,7 @@ def main():
                            warmup_batches=2, loss_print_every_n_iter=1, mode=args.mode,
                            model_save_every_n_iter=args.save_every, model_save_dir=args.save_dir,
                            model_load_dir=args.load, progress=False)
-    trainer = Trainer(model, pretraining_step_loss, lambda skip: batches(skip, fail, args.kill, micro), options,
+    trainer = Trainer(model, pretraining_step_loss, lambda: batches(fail, args.kill, micro), options,
                       metric_names=("total_loss", "mlm_loss", "nsp_loss"), log_line=log_line)
     records = trainer.fit()
     if args.out and runtime.rank() == 0:
