@@ -38,40 +38,56 @@ def main():
                     help="BertConfig.kernels for the step and the layer (views 1 and 2)")
     args = ap.parse_args()
 
-    from bertlib import fast
-    from bertlib import model as M
-    from bertlib.fast import numpy_ops, oneflow_ops as ops
     from bertlib.config import BertConfig
-    from bertlib.optim import build_optimizer
     from bertlib.runtime import import_oneflow
 
     flow = import_oneflow()
-    F = flow.nn.functional
-    sync = flow._oneflow_internal.eager.Sync
     cfg = BertConfig(**_common.CONFIGS[args.config], kernels=args.kernels)
-    B, S, P = args.batch, _common.SEQ_LEN, _common.MASKED
-    H, I, N, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.vocab_size
-
-    def best_of(fn, reps=args.reps):
-        fn()                                   # warm-up (allocations, constants)
-        times = []
-        for _ in range(reps):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
     rate = sgemm_gflops(flow)
-    print(f"# {args.config}, batch {B} x {S} tokens, one process, kernels {args.kernels}; sgemm {rate:.0f} GFLOP/s; "
-          f"load average {os.getloadavg()[0]:.1f}\n")
+    print(f"# {args.config}, batch {args.batch} x {_common.SEQ_LEN} tokens, one process, kernels {args.kernels}; "
+          f"sgemm {rate:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}\n")
+    profile_step(flow, cfg, args, rate)
+    profile_layer(flow, cfg, args, rate)
+    profile_ops(flow, cfg, args)
 
-    # ------------------------------------------------------------------------------- 1. the step
+
+def best_of(flow, fn, reps: int) -> float:
+    """Minimum wall time of ``fn()`` over ``reps`` runs after one warm-up (allocations, constants)."""
+    sync = flow._oneflow_internal.eager.Sync
+    fn()
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def fwd_bwd(flow, fn, shapes, reps: int, extra=None) -> float:
+    """Seconds of ``fn(*random tensors of shapes[, extra])`` forward + backward (ones upstream)."""
+    tensors = [flow.randn(*sh, requires_grad=True) for sh in shapes]
+
+    def run():
+        out = fn(*tensors) if extra is None else fn(*tensors, extra)
+        out.backward(flow.ones_like(out))
+        for t in tensors:
+            t.grad = None
+    return best_of(flow, run, reps)
+
+
+def profile_step(flow, cfg, args, rate):
+    """View 1: forward, backward and optimizer step of BertForPreTraining, synchronised around each."""
+    from bertlib import model as M
+    from bertlib.optim import build_optimizer
+
+    sync = flow._oneflow_internal.eager.Sync
     flow.manual_seed(0)
     model = M.BertForPreTraining(cfg).train()
     opt = build_optimizer(model, "adamw", 1e-4, 0.01)
-    batch = {k: flow.tensor(v) for k, v in _common.synthetic_batches(_common.CONFIGS[args.config], B, 1, 0)[0].items()}
+    arrays = _common.synthetic_batches(_common.CONFIGS[args.config], args.batch, 1, 0)[0]
+    batch = {k: flow.tensor(v) for k, v in arrays.items()}
 
     def forward():
         out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["masked_lm_positions"])
@@ -91,35 +107,34 @@ def main():
         if i:
             for name, t in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
                 parts[name].append(t)
-    flops = _common.flops_per_sample(_common.CONFIGS[args.config]) * B
+    flops = _common.flops_per_sample(_common.CONFIGS[args.config]) * args.batch
     step = sum(min(v) for v in parts.values())
     print("| part of the step | s | share |\n|---|---:|---:|")
     for name, v in parts.items():
         print(f"| {name} | {min(v):.3f} | {100 * min(v) / step:.0f}% |")
     print(f"| total | {step:.3f} | matmul FLOPs alone at {rate:.0f} GFLOP/s: {flops / rate / 1e9:.3f} s |\n")
 
-    # ------------------------------------------------------------------------------- 2. one layer
-    # the whole layer, then each of its pieces alone at the same shapes (fwd + bwd)
+
+def profile_layer(flow, cfg, args, rate):
+    """View 2: one encoder layer, then each of its pieces alone at the same shapes (fwd + bwd)."""
+    from bertlib import fast
+    from bertlib import model as M
+    from bertlib.fast import numpy_ops, oneflow_ops as ops
+
+    B, S = args.batch, _common.SEQ_LEN
+    H, I, N = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads
+    D = H // N
     layer = M.BertLayer(cfg).train()
     if args.kernels != "reference":   # a bare block is not a BertPreTrainedModel: swap the fast path in here
         fast.use_fast_kernels(layer, args.kernels)
-    D = H // N
-    x = flow.randn(B, S, H, requires_grad=True)
     mask = flow.zeros(B, 1, 1, S)
-
-    def timed(fn, *shapes):
-        tensors = [flow.randn(*sh, requires_grad=True) for sh in shapes]
-
-        def run():
-            out = fn(*tensors)
-            out.backward(flow.ones_like(out))
-            for t in tensors:
-                t.grad = None
-        return best_of(run)
-
-    full = timed(lambda t: layer(t, mask)[0], (B, S, H))
     attn_dropout = fast.Dropout.adopt(flow.nn.Dropout(0.1), "auto")
     hidden_dropout = fast.Dropout.adopt(flow.nn.Dropout(0.1), "auto")
+
+    def timed(fn, *shapes):
+        return fwd_bwd(flow, fn, shapes, args.reps)
+
+    full = timed(lambda t: layer(t, mask)[0], (B, S, H))
     pieces = {
         "Q, K, V, output, FFN matmuls (+ bias)": sum(
             timed(lambda a, w, b: ops.linear(a, w, b), (B * S, i), (o, i), (o,))
@@ -141,17 +156,18 @@ def main():
     print(f"| (the layer's {layer_flops / 1e9:.1f} GFLOP at {rate:.0f} GFLOP/s would take) | "
           f"{1e3 * layer_flops / rate / 1e9:.1f} | {100 * layer_flops / rate / 1e9 / full:.0f}% |\n")
 
-    # ------------------------------------------------------------------------------- 3. the ops
-    def fwd_bwd(fn, shapes, int_arg=None):
-        tensors = [flow.randn(*s, requires_grad=True) for s in shapes]
 
-        def run():
-            out = fn(*tensors) if int_arg is None else fn(*tensors, int_arg)
-            out.backward(flow.ones_like(out))
-            for t in tensors:
-                t.grad = None
-        return 1e3 * best_of(run)
+def profile_ops(flow, cfg, args):
+    """View 3: each op of bertlib.fast against OneFlow's built-in at the model's shapes (fwd + bwd)."""
+    from bertlib import fast
+    from bertlib.fast import numpy_ops, oneflow_ops as ops
 
+    F = flow.nn.functional
+    B, S, P = args.batch, _common.SEQ_LEN, _common.MASKED
+    H, I, N, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.vocab_size
+    D = H // N
+    mask = flow.zeros(B, 1, 1, S)
+    dropout = fast.Dropout.adopt(flow.nn.Dropout(0.1), "auto")
     builtin = {
         "layer_norm": lambda t, w, b: F.layer_norm(t, (t.shape[-1],), w, b, 1e-12),
         "gelu": F.gelu,
@@ -167,8 +183,8 @@ def main():
         "linear (with bias)": ops.linear,
         "softmax": ops.softmax,
         "cross_entropy": ops.cross_entropy,
-        "dropout": hidden_dropout,
-        "attention core": lambda t: numpy_ops.self_attention(t, mask, attn_dropout.mask((B, N, S, S)))[0],
+        "dropout": dropout,
+        "attention core": lambda t: numpy_ops.self_attention(t, mask, dropout.mask((B, N, S, S)))[0],
     }
     labels = flow.randint(0, V, (B * P,))
     shapes = {
@@ -180,10 +196,11 @@ def main():
         "dropout": ([(B, N, S, S)], None),
         "attention core": ([(B, S, 3, N, D)], None),
     }
-    print("| op, fwd+bwd at the model's shape | OneFlow built-in (ms) | bertlib.fast (ms) | speed-up |\n|---|---:|---:|---:|")
+    print("| op, fwd+bwd at the model's shape | OneFlow built-in (ms) | bertlib.fast (ms) | speed-up |\n"
+          "|---|---:|---:|---:|")
     for name, (shp, extra) in shapes.items():
-        a = fwd_bwd(builtin[name], shp, extra)
-        b = fwd_bwd(ours[name], shp, extra)
+        a = 1e3 * fwd_bwd(flow, builtin[name], shp, args.reps, extra)
+        b = 1e3 * fwd_bwd(flow, ours[name], shp, args.reps, extra)
         desc = " x ".join(str(list(s)) for s in shp[:1])
         print(f"| {name} {desc} | {a:.1f} | {b:.1f} | {a / b:.1f}x |")
 
