@@ -111,7 +111,8 @@ class BertSelfAttention(nn.Module):
     def split_heads(self, x):
         """float32 [B, S, H] -> [B, N, S, D]: each head's slice of the hidden vector, per token."""
         B, S, _ = x.shape
-        return x.reshape(B, S, self.num_heads, self.head_size).permute(0, 2, 1, 3)
+        x = x.reshape(B, S, self.num_heads, self.head_size)                    # [B, S, N, D]
+        return x.permute(0, 2, 1, 3)                                            # [B, N, S, D]
 
     def forward(self, hidden, mask_bias):
         """hidden: float32 [B, S, H]; mask_bias: float32 [B, 1, 1, S], 0 for tokens, -10000 for padding.
@@ -214,7 +215,7 @@ class BertPooler(nn.Module):
 
 # --------------------------------------------------------------------------------- the models
 class BertPreTrainedModel(PretrainedMixin, nn.Module):
-    """Shared init (truncated normal, std = initializer_range) and checkpoint I/O."""
+    """Shared init (truncated normal, std = initializer_range), the fast-path switch, checkpoint I/O."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
