@@ -1,32 +1,58 @@
-"""Start one process per device through OneFlow's launcher, and make any failure end the whole job.
+"""Start this node's processes (one per device), supervise them, and make the job end as a whole.
 
 The seed's flags describe the job: ``gpu_num_per_node`` processes on each of ``node_num`` machines
-listed in ``node_list``. We translate them for ``python -m oneflow.distributed.launch`` (nproc_per_node,
-nnodes, node_rank, master_addr, master_port), which sets RANK / WORLD_SIZE / LOCAL_RANK for each
-process. With ``--device cpu`` the same processes run on CPU cores: one process per core is how
-OneFlow uses more than one core, since its CPU kernels are single-threaded.
+listed in ``node_list``. :func:`run_launcher` starts this node's processes with the environment
+``python -m oneflow.distributed.launch`` would give them (MASTER_ADDR, MASTER_PORT, WORLD_SIZE,
+RANK, LOCAL_RANK) and watches them. With ``--device cpu`` the same processes run on CPU cores: one
+process per core is how OneFlow uses more than one core, since its CPU kernels are single-threaded.
 
-Two OneFlow behaviours make failure handling our job:
+We start the ranks ourselves rather than through OneFlow's launcher because that launcher names a
+failed process by PID only (and then raises a traceback of its own), cannot tie its ranks' lives
+to the command's, and stops them with ``killpg`` of its own group. What we guarantee instead:
 
-* when one rank raises, the others wait in OneFlow's shutdown barriers for ONEFLOW_TIMEOUT_SECONDS
-  (two hours by default). :func:`fail_fast` catches the exception in the rank, prints it and leaves
-  with ``os._exit(1)``, which skips the barriers; the launcher sees the non-zero exit and kills the
-  other ranks.
-* the launcher kills ranks with ``os.killpg(its own pid)``, which only reaches them if it leads a
-  process group. :func:`run_launcher` starts it in a new session so that it does, and kills that
-  whole group itself when the launcher is gone, so no orphan rank survives.
+* **One failing rank ends the job.** When a rank raises, the others wait in OneFlow's shutdown
+  barriers for ONEFLOW_TIMEOUT_SECONDS (two hours by default). :func:`fail_fast` catches the
+  exception in the rank, prints it and leaves with ``os._exit(1)``, which skips the barriers; the
+  launcher sees the exit, says which rank it was (number, node, PID, exit code or signal) and stops
+  the others.
+* **Nothing outlives the command.** Each rank asks the kernel for SIGKILL when the launcher dies
+  (``PR_SET_PDEATHSIG``), the one mechanism that also covers ``kill -9`` of the command. SIGTERM,
+  SIGINT, SIGHUP and SIGQUIT stop the ranks and exit with 128 + the signal number, as a shell
+  reports a process killed by it. Each rank leads its own session, so a terminal's Ctrl-C or
+  hang-up reaches only the launcher, which stops the ranks, instead of every rank printing a
+  KeyboardInterrupt of its own.
+* **A lost node ends the job with its name.** OneFlow's control plane notices a peer process gone
+  within ~10 s and aborts its ranks with ``Machine <rank> lost`` (its "machine" is a process rank);
+  the launcher turns that into a message naming the rank and its node.
+* **The node rank comes from this machine's addresses.** It is the index of the one ``node_list``
+  entry that an address of this machine's interfaces answers to (found by binding a socket to it).
+  The hostname cannot tell: in containers and network namespaces it names the host.
+  ``BERTLIB_NODE_RANK`` overrides the search (NAT, or a machine listed under a name it cannot bind).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ipaddress
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 
 IN_RANK_ENV = "BERTLIB_IN_LAUNCH"
+NODE_RANK_ENV = "BERTLIB_NODE_RANK"
+MULTI_NODE_PORT = 29500  # the seed's and OneFlow's default: every node must agree without talking
+STOP_GRACE_SECONDS = 5.0  # SIGTERM first, SIGKILL after this
+_POLL_SECONDS = 0.2
+
+
+class LaunchError(ValueError):
+    """The job cannot be started as asked; the message says what to change."""
 
 
 def in_launched_rank() -> bool:
@@ -40,35 +66,250 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _local_addresses() -> set[str]:
-    names = {"localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn()}
+# --- which node is this -------------------------------------------------------------------------
+
+def parse_node_list(node_list: str | None, node_num: int) -> list[str]:
+    if not node_list:
+        raise LaunchError(f"--node_num {node_num} needs --node_list with {node_num} comma-separated hosts")
+    nodes = [n.strip() for n in node_list.split(",") if n.strip()]
+    if len(nodes) != node_num:
+        raise LaunchError(f"--node_list names {len(nodes)} hosts but --node_num is {node_num}")
+    for host in nodes:
+        if nodes.count(host) > 1:
+            raise LaunchError(f"--node_list names {host} twice; list each machine once")
+        if _is_loopback(host):
+            # every machine answers to it, so each node would take itself for the master
+            raise LaunchError(f"--node_list entry {host} is a loopback address; list each machine by an "
+                              "address the other machines can reach")
+    return nodes
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
     try:
-        names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to 127.0.1.1 here and still be right on the others
+
+
+def _sockaddrs(host: str) -> list[tuple]:
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return []
+    return [(family, addr) for family, _, _, _, addr in infos]
+
+
+def _answers_here(sockaddrs) -> bool:
+    """True if one of the addresses belongs to an interface of this machine (or namespace)."""
+    for family, addr in sockaddrs:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind(addr)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _interface_addresses() -> list[str]:
+    """'address (interface)' for each interface's IPv4 address, for error messages."""
+    import fcntl
+    import struct
+
+    found = []
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     except OSError:
-        pass
-    return names
+        return found
+    with probe:
+        for name in names:
+            try:
+                reply = fcntl.ioctl(probe.fileno(), 0x8915,  # SIOCGIFADDR
+                                    struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue  # no IPv4 address on this one
+            found.append(f"{socket.inet_ntoa(reply[20:24])} ({name})")
+    return found
 
 
 def node_rank_from_list(node_list: str | None, node_num: int) -> tuple[int, str]:
     """(node_rank of this machine, master address) from the seed's comma-separated ``node_list``."""
     if node_num == 1:
         return 0, "127.0.0.1"
-    if not node_list:
-        raise ValueError(f"--node_num {node_num} needs --node_list with {node_num} comma-separated hosts")
-    nodes = [n.strip() for n in node_list.split(",") if n.strip()]
-    if len(nodes) != node_num:
-        raise ValueError(f"--node_list names {len(nodes)} hosts but --node_num is {node_num}")
-    env_rank = os.environ.get("BERTLIB_NODE_RANK")
-    if env_rank is not None:
-        return int(env_rank), nodes[0]
-    local = _local_addresses()
-    matches = [i for i, n in enumerate(nodes) if n in local]
-    if len(matches) != 1:
-        raise ValueError(
-            f"cannot tell which entry of --node_list ({node_list}) is this machine ({socket.gethostname()}); "
-            "set BERTLIB_NODE_RANK=<index> on each machine"
-        )
-    return matches[0], nodes[0]
+    nodes = parse_node_list(node_list, node_num)
+    override = os.environ.get(NODE_RANK_ENV)
+    if override is not None:
+        try:
+            rank = int(override)
+        except ValueError:
+            rank = -1
+        if not 0 <= rank < node_num:
+            raise LaunchError(f"{NODE_RANK_ENV}={override!r} is not an index into --node_list "
+                              f"(0 to {node_num - 1})")
+        return rank, nodes[0]
+    resolved = {host: _sockaddrs(host) for host in nodes}
+    matches = [i for i, host in enumerate(nodes) if _answers_here(resolved[host])]
+    if len(matches) == 1:
+        return matches[0], nodes[0]
+    hint = f"set {NODE_RANK_ENV}=<its index in --node_list, from 0> to say which entry this machine is"
+    if matches:
+        raise LaunchError(f"this machine answers to several --node_list entries "
+                          f"({', '.join(nodes[i] for i in matches)}); {hint}")
+    unresolved = [host for host in nodes if not resolved[host]]
+    mine = ", ".join(_interface_addresses()) or "none found"
+    message = f"this machine is none of the --node_list hosts ({', '.join(nodes)}); its addresses: {mine}"
+    if unresolved:
+        message += f"; cannot resolve {', '.join(unresolved)}"
+    raise LaunchError(f"{message}. Run on each listed machine, or {hint}")
+
+
+# --- the ranks ----------------------------------------------------------------------------------
+
+class _Rank:
+    def __init__(self, rank: int, node: int, local: int, proc: subprocess.Popen):
+        self.rank, self.node, self.local, self.proc = rank, node, local, proc
+
+    def __str__(self):
+        return f"rank {self.rank} (node {self.node}, pid {self.proc.pid})"
+
+
+class _Stop(BaseException):
+    """Raised in the launcher's main thread by a stop signal; BaseException so no handler eats it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """Turn the stop signals into :class:`_Stop` while the job runs; yields a function that makes
+    later signals no-ops (stopping has begun: a second Ctrl-C must not cut the clean-up short)."""
+    state = {"stopping": False}
+
+    def handler(signum, frame):
+        if not state["stopping"]:
+            state["stopping"] = True
+            raise _Stop(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOP_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # e.g. SIGHUP under nohup: the user asked to survive it
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield lambda: state.update(stopping=True)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _rank_preexec():
+    """A preexec_fn for the ranks: let them receive the stop signals (blocked in the launcher while
+    it starts them), and ask the kernel to SIGKILL them when we die, even by SIGKILL.
+
+    The kernel ties that request to the thread that forks, so ranks must be started from a thread
+    that lives as long as the job: :func:`run_launcher` starts them and waits for them on one thread.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        prctl = None  # not Linux: the signal handlers are all there is
+    parent = os.getpid()
+    pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
+
+    def preexec():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        if prctl is not None:
+            prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
+            if os.getppid() != parent:  # we died before the request was made: nobody will send it
+                os.kill(os.getpid(), sigkill)
+
+    return preexec
+
+
+def _signal_group(pid: int, sig):
+    # Each rank leads its own session, so its group is the rank and anything it started. Linux does
+    # not reuse a number while a group of that id exists, so this never reaches a stranger.
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_ranks(ranks: list[_Rank]):
+    live = [r for r in ranks if r.proc.poll() is None]
+    for r in live:
+        _signal_group(r.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for r in live:
+        try:
+            r.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for r in ranks:
+        _signal_group(r.proc.pid, signal.SIGKILL)
+        r.proc.wait()
+
+
+def _first_failure(ranks: list[_Rank]) -> _Rank | None:
+    """Wait until every rank succeeded (None) or one failed (that rank)."""
+    while True:
+        running = False
+        for r in ranks:
+            code = r.proc.poll()
+            if code is None:
+                running = True
+            elif code != 0:
+                return r
+        if not running:
+            return None
+        time.sleep(_POLL_SECONDS)
+
+
+def _exit_status(code: int) -> int:
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports it
+
+
+def _failure_message(failed: _Rank, lost: list[int], nproc_per_node: int, nodes: list[str] | None) -> str:
+    code = failed.proc.returncode
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        what = f"{failed} was killed by {name}"
+        if -code == signal.SIGKILL:
+            what += " (sent by someone, or by the kernel when memory ran out)"
+    else:
+        what = f"{failed} exited with code {code}"
+    for peer in lost[:1]:
+        node = peer // nproc_per_node
+        host = f", {nodes[node]}" if nodes and node < len(nodes) else ""
+        what += (f": OneFlow lost contact with rank {peer} (node {node}{host}), "
+                 "whose process stopped or cannot be reached")
+    return what + "; the other ranks of this node were stopped"
+
+
+def _say(prog: str, message: str):
+    try:
+        print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # the terminal is gone (SIGHUP): nobody to tell
+
+
+def _prog(module: str) -> str:
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not name or name == "-c" or name.endswith(".py"):
+        return f"python -m {module}"
+    return name
 
 
 def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: int = 1,
@@ -78,84 +319,115 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
 
     The ranks inherit this process's stdout, or with ``relay_stdout`` write it through this
     process's ``sys.stdout`` (a notebook shows only what goes through there). Returns 0 only if
-    every rank succeeded.
+    every rank succeeded; 2 if the job cannot start (the reason is printed, no traceback); the failed
+    rank's exit status; or 128 + N after signal N stopped the job.
     """
-    node_rank, master_addr = node_rank_from_list(node_list, node_num)
+    prog = _prog(module)
+    try:
+        node_rank, master_addr = node_rank_from_list(node_list, node_num)
+        nodes = parse_node_list(node_list, node_num) if node_num > 1 else None
+    except LaunchError as exc:
+        _say(prog, f"error: {exc}")
+        return 2
     if master_port is None:
-        master_port = free_port() if node_num == 1 else 29500
+        master_port = free_port() if node_num == 1 else MULTI_NODE_PORT
     env = dict(os.environ)
     env.update(extra_env or {})
     env[IN_RANK_ENV] = "1"
-    env.setdefault("OMP_NUM_THREADS", "1")  # also silences the launcher's banner about it
-    cmd = [sys.executable, "-m", "oneflow.distributed.launch",
-           "--nproc_per_node", str(nproc_per_node), "--nnodes", str(node_num),
-           "--node_rank", str(node_rank), "--master_addr", master_addr,
-           "--master_port", str(master_port), "-m", module, *argv]
-    env.setdefault("GLOG_minloglevel", "2")  # the launcher imports oneflow too: keep glog quiet
+    env.setdefault("OMP_NUM_THREADS", "1")  # one process per core already uses them all
+    env.setdefault("GLOG_minloglevel", "2")
     if sys.stderr.isatty():
-        env["BERTLIB_STDERR_IS_TTY"] = "1"  # rank 0 may draw a progress bar through the filter
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE if relay_stdout else None)
-    relays = [threading.Thread(target=_relay_stderr, args=(proc.stderr,), daemon=True)]
+        env["BERTLIB_STDERR_IS_TTY"] = "1"  # rank 0 may draw a progress bar through the relay
+    env.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
+               WORLD_SIZE=str(nproc_per_node * node_num))
+    cmd = [sys.executable, "-u", "-m", module, *argv]
+    preexec = _rank_preexec()
+    ranks: list[_Rank] = []
+    lost: list[int] = []
+    err_read, err_write = os.pipe()
+    out_read, out_write = os.pipe() if relay_stdout else (None, None)
+    relays = [threading.Thread(target=_relay_stderr, args=(err_read, lost), daemon=True)]
     if relay_stdout:
-        relays.append(threading.Thread(target=_relay_stdout, args=(proc.stdout,), daemon=True))
-    for relay in relays:
-        relay.start()
-    # the ranks live in their own session, so a SIGTERM sent to us (a scheduler, `kill`) must be
-    # passed on by hand; SIGINT from a terminal is turned into KeyboardInterrupt by Python
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        code = proc.wait()
-        for relay in relays:
-            relay.join(timeout=5)
-        return code
-    except KeyboardInterrupt:
-        _kill_group(proc.pid, signal.SIGTERM)
-        proc.wait()
-        return 130
-    finally:
-        _kill_group(proc.pid, signal.SIGKILL)  # whatever is left of the job: nothing may outlive it
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        relays.append(threading.Thread(target=_relay_stdout, args=(out_read,), daemon=True))
+    with _stop_signals() as stopping:
+        failed = stopped_by = None
+        try:
+            # A stop signal handled between a fork and the rank's entry in `ranks` would leave that
+            # rank unseen by the clean-up: hold the signals until every rank is listed. The relay
+            # threads inherit the mask and keep it, so the signals wait for the main thread.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                for relay in relays:
+                    relay.start()
+                for local in range(nproc_per_node):
+                    rank = node_rank * nproc_per_node + local
+                    proc = subprocess.Popen(cmd, env=dict(env, RANK=str(rank), LOCAL_RANK=str(local)),
+                                            stdin=subprocess.DEVNULL, stdout=out_write, stderr=err_write,
+                                            start_new_session=True, preexec_fn=preexec)
+                    ranks.append(_Rank(rank, node_rank, local, proc))
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            failed = _first_failure(ranks)
+        except _Stop as stop:
+            stopped_by = stop.signum
+            stopping()
+            _say(prog, f"{signal.Signals(stop.signum).name} received: stopping the ranks")
+        finally:
+            stopping()
+            _stop_ranks(ranks)
+            for fd in (err_write, out_write):
+                if fd is not None:
+                    os.close(fd)  # the relays end once the ranks' copies are closed too
+            for relay in relays:
+                relay.join(timeout=5)
+    if stopped_by is not None:
+        return 128 + stopped_by
+    if failed is not None:
+        _say(prog, _failure_message(failed, lost, nproc_per_node, nodes))
+        return _exit_status(failed.proc.returncode)
+    return 0
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-# printf'd by OneFlow's C++ core at import in the launcher and in every rank; says nothing useful
+# printf'd by OneFlow's C++ core at import in every rank; says nothing useful
 _NOISE = (b"libibverbs not available, ibv_fork_init skipped\n",)
+# glog's FATAL line when OneFlow's control plane cannot reach another process any more
+_LOST = re.compile(rb"Machine (\d+) lost")
 
 
-def _relay_stderr(pipe):
-    """Copy the ranks' stderr to ours as it comes (progress bars included), minus import noise."""
+def _relay_stderr(fd: int, lost: list):
+    """Copy the ranks' stderr to ours as it comes (progress bars included), minus import noise;
+    note in ``lost`` the ranks OneFlow reports lost."""
     out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
-    while True:
-        chunk = os.read(pipe.fileno(), 65536)
-        if not chunk:
-            break
-        for noise in _NOISE:
-            chunk = chunk.replace(noise, b"")
-        if out is not None:
-            out.write(chunk)
-            out.flush()
-        else:
-            sys.stderr.write(chunk.decode("utf-8", "replace"))
+    seen = b""
+    with open(fd, "rb", buffering=0, closefd=True) as pipe:
+        while True:
+            chunk = pipe.read(65536)
+            if not chunk:
+                break
+            for noise in _NOISE:
+                chunk = chunk.replace(noise, b"")
+            seen = seen[-64:] + chunk  # a message may straddle two reads
+            for peer in _LOST.findall(seen):
+                if int(peer) not in lost:
+                    lost.append(int(peer))
+            try:
+                if out is not None:
+                    out.write(chunk)
+                    out.flush()
+                else:
+                    sys.stderr.write(chunk.decode("utf-8", "replace"))
+            except (OSError, ValueError):
+                pass  # our stderr is gone; keep draining so no rank blocks on a full pipe
 
 
-def _relay_stdout(pipe):
-    for line in iter(pipe.readline, b""):
-        sys.stdout.write(line.decode("utf-8", "replace"))
-        sys.stdout.flush()
-
-
-def _kill_group(pgid: int, sig):
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _relay_stdout(fd: int):
+    with open(fd, "rb", closefd=True) as pipe:
+        for line in iter(pipe.readline, b""):
+            try:
+                sys.stdout.write(line.decode("utf-8", "replace"))
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
 
 
 def fail_fast(fn, *args, **kwargs):
