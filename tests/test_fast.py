@@ -297,3 +297,29 @@ def test_attention_core_matches_oneflow_ops():
         for a, b in zip(ours, ref):
             np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
         assert np.abs(ours[1][1, ..., -3:]).max() == 0.0                # padding gets no attention
+
+
+def test_fast_model_in_nn_graph_matches_eager():
+    """Inside nn.Graph the fast path takes its OneFlow-op branches (no NumPy): same loss as eagerly."""
+    flow.manual_seed(0)
+    cfg = BertConfig.tiny(vocab_size=300, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForPreTraining(cfg).eval()
+    ids = flow.tensor(RNG.randint(0, 300, (2, 12)), dtype=flow.int64)
+    labels = flow.tensor(RNG.randint(0, 300, (2, 12)), dtype=flow.int64)
+
+    def loss_of(out):
+        V = out.prediction_logits.shape[-1]
+        return fast.cross_entropy(out.prediction_logits.reshape(-1, V), labels.reshape(-1)).mean()
+
+    class Forward(flow.nn.Graph):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def build(self, ids, types, mask):
+            return loss_of(self.model(ids, types, mask))
+
+    types, mask = flow.zeros_like(ids), flow.ones_like(ids)
+    with flow.no_grad():
+        eager = loss_of(model(ids, types, mask)).numpy()
+    np.testing.assert_allclose(Forward()(ids, types, mask).numpy(), eager, rtol=1e-5, atol=1e-5)
