@@ -168,7 +168,6 @@ class Trainer:
             state = load_checkpoint(options.model_load_dir, self.model, self.optimizer, self.model.config)
             self.start_step, self.consumed_batches = state["step"], state["consumed_batches"]
             self._print(f"Resumed from {state['path']} at iter {self.start_step}")
-        self.dropouts = [m for m in self.model.modules() if isinstance(m, flow.nn.Dropout)]
         self.step_module, self.reduce_after_accumulation = self._data_parallel(
             _LossModule(self.model, loss_fn))
         if options.mode == "eager":
@@ -237,16 +236,10 @@ class Trainer:
         return bool(opt.model_save_dir) and bool(every or (last and opt.save_last_snapshot))
 
     def _reseed_dropout(self, step):
-        """Give every dropout layer a seed derived from (seed, step, rank, layer index).
+        """Seed every dropout layer from (seed, step, rank): a resumed run draws the same masks."""
+        from .model import reseed_dropout
 
-        OneFlow's nn.Dropout draws from a generator of its own, created with a random seed, so
-        ``flow.manual_seed`` does not reach it; re-seeding per step makes a resumed run exact.
-        """
-        base = (self.opt.seed * 1_000_003 + step * self.world + self.rank) * 1_009
-        for index, module in enumerate(self.dropouts):
-            # bertlib's Dropout also restarts its CPU mask stream
-            seed = getattr(module, "manual_seed", module.generator.manual_seed)
-            seed(base + index)
+        reseed_dropout(self.model, (self.opt.seed * 1_000_003 + step * self.world + self.rank) * 1_009)
 
     def _eager_step(self, batches):
         flow, acc = self.flow, self.opt.num_accumulation_steps

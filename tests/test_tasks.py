@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-VOCAB = SHARED / "bert" / "vocab.txt"
-TRAIN = SHARED / "squad" / "train-v1.1-first44articles.json"
-DEV = SHARED / "squad" / "dev-v1.1.json"
+from bertlib.datasets import find_data
 
-needs_data = pytest.mark.skipif(not (VOCAB.exists() and TRAIN.exists() and DEV.exists()),
-                                reason="the shared data is not next to the repository")
+ROOT = Path(__file__).resolve().parents[1]
+DATA = find_data()  # full-size when found, else the samples shipped with bertlib
+VOCAB, TRAIN, DEV = DATA.vocab, DATA.squad_train, DATA.squad_dev
+needs_data = pytest.mark.skipif(TRAIN is None, reason="no SQuAD training file in the data found")
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +23,9 @@ def shards(tmp_path_factory):
     from bertlib.pretraining_data import create_pretraining_data
 
     out = tmp_path_factory.mktemp("shards")
-    create_pretraining_data(SHARED / "corpus/wikitext-2/test.txt", VOCAB, out, dupe_factor=1,
-                            data_part_num=2, progress=False)
+    wiki = [f for f in DATA.wikitext if f.name.startswith("test")] or DATA.wikitext
+    create_pretraining_data(wiki[0], VOCAB, out, dupe_factor=1 if DATA.full else 4, data_part_num=2,
+                            progress=False)
     return out
 
 
@@ -40,7 +39,6 @@ def small_pretraining(shards, log_dir, **overrides):
     return PretrainingOptions(**{**fields, **overrides})
 
 
-@needs_data
 def test_pretraining_run_in_process_equals_the_cli(shards, tmp_path):
     from bertlib.tasks import pretraining
 
@@ -62,7 +60,6 @@ def test_pretraining_run_in_process_equals_the_cli(shards, tmp_path):
         assert [r[name] for r in cli] == pytest.approx([r[name] for r in result.records], rel=1e-5)
 
 
-@needs_data
 def test_pretraining_launch_returns_the_records_of_two_processes(shards, tmp_path, capsys):
     from bertlib.tasks import pretraining
 
