@@ -51,8 +51,8 @@ STOP_GRACE_SECONDS = 5.0  # SIGTERM first, SIGKILL after this
 _POLL_SECONDS = 0.2
 
 
-class LaunchError(ValueError):
-    """The job cannot be started as asked; the message says what to change."""
+class NodeListError(ValueError):
+    """This machine's place in the job cannot be found as asked; the message says what to change."""
 
 
 def in_launched_rank() -> bool:
@@ -70,16 +70,16 @@ def free_port() -> int:
 
 def parse_node_list(node_list: str | None, node_num: int) -> list[str]:
     if not node_list:
-        raise LaunchError(f"--node_num {node_num} needs --node_list with {node_num} comma-separated hosts")
+        raise NodeListError(f"--node_num {node_num} needs --node_list with {node_num} comma-separated hosts")
     nodes = [n.strip() for n in node_list.split(",") if n.strip()]
     if len(nodes) != node_num:
-        raise LaunchError(f"--node_list names {len(nodes)} hosts but --node_num is {node_num}")
+        raise NodeListError(f"--node_list names {len(nodes)} hosts but --node_num is {node_num}")
     for host in nodes:
         if nodes.count(host) > 1:
-            raise LaunchError(f"--node_list names {host} twice; list each machine once")
+            raise NodeListError(f"--node_list names {host} twice; list each machine once")
         if _is_loopback(host):
             # every machine answers to it, so each node would take itself for the master
-            raise LaunchError(f"--node_list entry {host} is a loopback address; list each machine by an "
+            raise NodeListError(f"--node_list entry {host} is a loopback address; list each machine by an "
                               "address the other machines can reach")
     return nodes
 
@@ -147,7 +147,7 @@ def node_rank_from_list(node_list: str | None, node_num: int) -> tuple[int, str]
         except ValueError:
             rank = -1
         if not 0 <= rank < node_num:
-            raise LaunchError(f"{NODE_RANK_ENV}={override!r} is not an index into --node_list "
+            raise NodeListError(f"{NODE_RANK_ENV}={override!r} is not an index into --node_list "
                               f"(0 to {node_num - 1})")
         return rank, nodes[0]
     resolved = {host: _sockaddrs(host) for host in nodes}
@@ -156,14 +156,14 @@ def node_rank_from_list(node_list: str | None, node_num: int) -> tuple[int, str]
         return matches[0], nodes[0]
     hint = f"set {NODE_RANK_ENV}=<its index in --node_list, from 0> to say which entry this machine is"
     if matches:
-        raise LaunchError(f"this machine answers to several --node_list entries "
+        raise NodeListError(f"this machine answers to several --node_list entries "
                           f"({', '.join(nodes[i] for i in matches)}); {hint}")
     unresolved = [host for host in nodes if not resolved[host]]
     mine = ", ".join(_interface_addresses()) or "none found"
     message = f"this machine is none of the --node_list hosts ({', '.join(nodes)}); its addresses: {mine}"
     if unresolved:
         message += f"; cannot resolve {', '.join(unresolved)}"
-    raise LaunchError(f"{message}. Run on each listed machine, or {hint}")
+    raise NodeListError(f"{message}. Run on each listed machine, or {hint}")
 
 
 # --- the ranks ----------------------------------------------------------------------------------
@@ -305,10 +305,11 @@ def _say(prog: str, message: str):
         pass  # the terminal is gone (SIGHUP): nobody to tell
 
 
-def _prog(module: str) -> str:
+def _prog() -> str:
+    """The command's name for messages (bert-pretrain), or this module's when run from Python."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if not name or name == "-c" or name.endswith(".py"):
-        return f"python -m {module}"
+        return __name__
     return name
 
 
@@ -322,11 +323,11 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
     every rank succeeded; 2 if the job cannot start (the reason is printed, no traceback); the failed
     rank's exit status; or 128 + N after signal N stopped the job.
     """
-    prog = _prog(module)
+    prog = _prog()
     try:
         node_rank, master_addr = node_rank_from_list(node_list, node_num)
         nodes = parse_node_list(node_list, node_num) if node_num > 1 else None
-    except LaunchError as exc:
+    except NodeListError as exc:
         _say(prog, f"error: {exc}")
         return 2
     if master_port is None:
