@@ -9,6 +9,7 @@ The path of a question through this package::
     postprocess_predictions(...)         -> {qid: answer text}, n-best lists, predictions.json
     evaluate(dataset, predictions)       -> {"exact_match": .., "f1": ..} (official v1.1 rules)
 """
+from .answer import Answer, QAError, QuestionAnswerer, answer
 from .evaluate import SquadEvalError, evaluate, exact_match_score, f1_score, normalize_answer
 from .examples import SquadDataError, SquadExample, read_squad_examples
 from .features import (
