@@ -1,16 +1,17 @@
 """One bertlib training configuration, timed; run by bench/pretrain_throughput.py (1 process or a rank).
 
-A minimal loop over synthetic batches: BertForPreTraining (MLM logits at the 20 masked positions),
-bertlib.model.pretraining_loss, AdamW from bertlib.optim (weight decay 0.01 on matrices, eps 1e-6),
-fp32, dropout 0.1. ``--mode eager`` averages gradients across ranks with one all-reduce per step
-(DistributedDataParallel when there is one micro-batch per step); ``--mode graph`` compiles the
-whole step with nn.Graph (global tensors across ranks, as bertlib.graph does).
+The product's own training step over synthetic batches: bertlib.trainer.Trainer with
+BertForPreTraining and bertlib.tasks.pretraining's step loss (MLM logits at the 20 masked
+positions), AdamW from bertlib.optim (weight decay 0.01 on matrices, eps 1e-6), fp32, dropout 0.1,
+in ``--mode eager`` or ``graph`` as ``bert-pretrain --mode`` runs them. The step times are the
+Trainer's own ``sec_per_batch``, logged every step.
 
-Writes ``{out}/rank{r}.json`` with the step times and this process's peak RSS.
+Writes ``{out}/rank{r}.json`` with the step times, CPU seconds and this process's peak RSS.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -42,8 +43,8 @@ def main():
     flow = runtime.import_oneflow()
     from bertlib.config import BertConfig
     from bertlib.model import BertForPreTraining, gather_positions, pretraining_loss
-    from bertlib.optim import build_optimizer
-    from bertlib.trainer import average_gradients
+    from bertlib.tasks.pretraining import METRIC_NAMES, log_line, pretraining_step_loss
+    from bertlib.trainer import Trainer, TrainOptions
 
     rank, world = runtime.rank(), runtime.world_size()
     per_rank = args.global_batch // world
@@ -54,113 +55,56 @@ def main():
 
     flow.manual_seed(1234)    # same initial weights on every rank
     kernels = "reference" if args.builtin_kernels else "auto"
-    cfg = BertConfig(**_common.CONFIGS[args.config], kernels=kernels)
-    model = BertForPreTraining(cfg)
-    model.train()
-    if args.mode == "graph" and world > 1:
-        # across processes a graph works on global tensors: parameters held whole by every rank
-        placement = flow.placement("cpu", ranks=list(range(world)))
-        model.to_global(placement=placement, sbp=flow.sbp.broadcast)
-    optimizer = build_optimizer(model, "adamw", _common.LEARNING_RATE, _common.WEIGHT_DECAY)
-    keys = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions", "masked_lm_ids",
-            "masked_lm_weights", "next_sentence_labels")
+    model = BertForPreTraining(BertConfig(**_common.CONFIGS[args.config], kernels=kernels))
 
-    class WithLoss(flow.nn.Module):
-        """model + loss in one module: DDP's hooks want tensors out of forward."""
+    def mlm_everywhere_loss(model, batch):
+        """The lever's step: MLM logits at all positions, then gathered at the masked ones."""
+        out = model(batch["input_ids"], batch["segment_ids"], batch["input_mask"])
+        logits = gather_positions(out.prediction_logits, batch["masked_lm_positions"])   # [B, P, V]
+        return pretraining_loss(logits, out.seq_relationship_logits, batch["masked_lm_ids"],
+                                batch["masked_lm_weights"], batch["next_sentence_labels"], kernels=kernels)
 
-        def __init__(self):
-            super().__init__()
-            self.model = model
+    # a few different batches per rank, cycled (data generation stays out of the timing), named
+    # and shaped as bertlib.loaders.PretrainingLoader yields them
+    names = {"token_type_ids": "segment_ids", "attention_mask": "input_mask"}
+    micro_batches = []
+    for v in _common.synthetic_batches(_common.CONFIGS[args.config], per_rank, 3, seed=100 + rank):
+        v["next_sentence_labels"] = v["next_sentence_labels"].reshape(-1, 1)
+        for i in range(acc):
+            rows = slice(i * args.micro_batch, (i + 1) * args.micro_batch)
+            micro_batches.append({names.get(k, k): flow.tensor(a[rows]) for k, a in v.items()})
+    marks = []   # (wall, cpu, sys) when each step draws its first micro-batch
 
-        def forward(self, *tensors):
-            b = dict(zip(keys, tensors))
-            if args.mlm_everywhere:
-                out = self.model(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-                logits = gather_positions(out.prediction_logits, b["masked_lm_positions"])   # [B, P, V]
-            else:
-                out = self.model(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["masked_lm_positions"])
-                logits = out.prediction_logits
-            return pretraining_loss(logits, out.seq_relationship_logits, b["masked_lm_ids"],
-                                    b["masked_lm_weights"], b["next_sentence_labels"], kernels=kernels)[0]
+    def make_batches():
+        for n, batch in enumerate(itertools.cycle(micro_batches)):
+            if n % acc == 0:
+                marks.append((time.perf_counter(), _common.cpu_seconds(), _common.sys_seconds()))
+            yield batch
 
-    with_loss = WithLoss()
-
-    # a few different batches per rank, cycled (data generation stays out of the timing)
-    pool = _common.synthetic_batches(_common.CONFIGS[args.config], per_rank, 3, seed=100 + rank)
-
-    if args.mode == "eager":
-        batches = [[[flow.tensor(v[k][i * args.micro_batch:(i + 1) * args.micro_batch]) for k in keys]
-                    for i in range(acc)] for v in pool]
-        ddp = world > 1 and acc == 1
-        step_model = flow.nn.parallel.DistributedDataParallel(with_loss) if ddp else with_loss
-        params = [p for p in model.parameters() if p.requires_grad]
-
-        def step(i):
-            total = None
-            for micro in batches[i % len(batches)]:
-                loss = step_model(*micro)
-                (loss / acc if acc > 1 else loss).backward()
-                total = loss if total is None else total + loss
-            if world > 1 and not ddp:
-                # one all-reduce per step after accumulation (DDP would reduce after every pass)
-                average_gradients(params, world)
-            optimizer.step()
-            optimizer.zero_grad()
-            return total
-    else:
-        placement = flow.placement("cpu", ranks=list(range(world))) if world > 1 else None
-
-        class Step(flow.nn.Graph):
-            def __init__(self):
-                super().__init__()
-                self.with_loss = with_loss
-                self.add_optimizer(optimizer)
-                if acc > 1:
-                    self.config.set_gradient_accumulation_steps(acc)
-
-            def build(self, *tensors):
-                loss = self.with_loss(*tensors)
-                loss.backward()
-                return loss
-
-        graph = Step()
-        batches = []
-        for v in pool:
-            tensors = [flow.tensor(v[k]) for k in keys]
-            if placement is not None:
-                tensors = [t.to_global(placement=placement, sbp=flow.sbp.split(0)) for t in tensors]
-            batches.append(tensors)
-
-        def step(i):
-            return graph(*batches[i % len(batches)])
-
-    probe = next(model.parameters())
-
-    def synced(i):
-        loss = step(i)
-        if loss.is_global:
-            loss = loss.to_global(sbp=flow.sbp.broadcast).to_local()
-        value = float(loss.numpy().sum())
-        (probe.to_local() if probe.is_global else probe).numpy()  # waits for the optimizer update
-        return value
-
-    t0 = time.perf_counter()
-    losses = [synced(i) for i in range(args.warmup)]
-    warmup_s = time.perf_counter() - t0
-    times, cpu, sys_s = [], [], []
-    for i in range(args.warmup, args.warmup + args.steps):
-        t0, c0, s0 = time.perf_counter(), _common.cpu_seconds(), _common.sys_seconds()
-        losses.append(synced(i))
-        times.append(time.perf_counter() - t0)
-        cpu.append(_common.cpu_seconds() - c0)
-        sys_s.append(_common.sys_seconds() - s0)
+    # the product's step: bertlib.trainer.Trainer as bert-pretrain runs it, logging (and so waiting
+    # for) every step; no gradient clipping, as the PyTorch worker does none (same work)
+    options = TrainOptions(
+        iter_num=args.warmup + args.steps, batch_size_per_device=args.micro_batch,
+        num_accumulation_steps=acc, learning_rate=_common.LEARNING_RATE,
+        weight_decay_rate=_common.WEIGHT_DECAY, warmup_batches=0, clip_grad_norm=0.0, seed=1234,
+        mode=args.mode, loss_print_every_n_iter=1, progress=False)
+    trainer = Trainer(model, mlm_everywhere_loss if args.mlm_everywhere else pretraining_step_loss,
+                      make_batches, options, device="cpu", metric_names=METRIC_NAMES,
+                      log_line=log_line)
+    records = trainer.fit()
+    marks.append((time.perf_counter(), _common.cpu_seconds(), _common.sys_seconds()))
+    timed = records[args.warmup:]
+    deltas = [[b - a for a, b in zip(marks[i], marks[i + 1])] for i in range(args.warmup, len(marks) - 1)]
     result = dict(
         framework="bertlib", config=args.config, mode=args.mode, processes=world, threads=1,
         global_batch=args.global_batch, micro_batch=args.micro_batch, accumulation=acc,
         builtin_kernels=args.builtin_kernels, mlm_everywhere=args.mlm_everywhere,
         env={k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD")},
-        warmup_s=warmup_s, step_s=times,
-        step_s_median=statistics.median(times), cpu_s=cpu, sys_s=sys_s, losses=losses, peak_rss_mb=_common.peak_rss_mb(),
+        warmup_s=sum(r["sec_per_batch"] for r in records[:args.warmup]),
+        step_s=[r["sec_per_batch"] for r in timed],
+        step_s_median=statistics.median(r["sec_per_batch"] for r in timed),
+        cpu_s=[d[1] for d in deltas], sys_s=[d[2] for d in deltas],
+        losses=[r["total_loss"] for r in records], peak_rss_mb=_common.peak_rss_mb(),
         oneflow=flow.__version__)
     _common.write_json(os.path.join(args.out, f"rank{rank}.json"), result)
 

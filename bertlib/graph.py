@@ -85,9 +85,10 @@ def build_train_graph(step_module, optimizer, *, iter_num: int, warmup_batches: 
     schedule (warm-up, then linear decay to 0 at ``iter_num``) and the gradient clipping are
     compiled into the graph.
     """
-    for group in optimizer.param_groups:
-        group["clip_grad_max_norm"] = clip_grad_norm
-        group["clip_grad_norm_type"] = 2.0
+    if clip_grad_norm:  # 0: no clipping, as in eager mode
+        for group in optimizer.param_groups:
+            group["clip_grad_max_norm"] = clip_grad_norm
+            group["clip_grad_norm_type"] = 2.0
     placement = _placement(device) if world > 1 else None
     scheduler = _schedule(optimizer, warmup_batches, iter_num)
     state = {"graph": None, "keys": None}

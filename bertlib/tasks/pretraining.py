@@ -200,7 +200,7 @@ def pretraining_step_loss(model, batch):
                 masked_lm_positions=batch["masked_lm_positions"])
     return pretraining_loss(out.prediction_logits, out.seq_relationship_logits,
                             batch["masked_lm_ids"], batch["masked_lm_weights"],
-                            batch["next_sentence_labels"])
+                            batch["next_sentence_labels"], kernels=model.config.kernels)
 
 
 def _batches(options: PretrainingOptions, device: str):

@@ -327,7 +327,7 @@ def squad_step_loss(model, batch):
 
     out = model(batch["input_ids"], batch["segment_ids"], batch["input_mask"])
     return (squad_loss(out.start_logits, out.end_logits, batch["start_positions"],
-                       batch["end_positions"]),)
+                       batch["end_positions"], kernels=model.config.kernels),)
 
 
 def train_steps(num_features: int, global_batch: int, num_epochs: float, cap: int | None = None) -> int:
