@@ -10,7 +10,7 @@ Prints:
 * validating: records/s of :func:`bertlib.ofrecord.validate_data_dir` (what loaders run first);
 * loading: samples/s through :class:`bertlib.loaders.PretrainingLoader` (OneFlow's OFRecordReader +
   7 OFRecordRawDecoders, shuffled, batch 32, tensors materialised with ``.numpy()``), and how many
-  times BERT-base training's appetite that is (~1 sample/s on a 2-core CPU, REFERENCE §6).
+  times BERT-base training's appetite that is (~1 sample/s on a 2-core CPU, bench/RESULTS.md).
 
 Targets (issue 3): making >= 2,000 instances/s on 2 cores; loading >= 20x what training consumes.
 """
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHARED = ROOT.parent / "shared" / "data"
-BERT_BASE_SAMPLES_PER_S = 1.0  # REFERENCE §6: 0.69 eager / 0.79 graph on this kind of CPU
+BERT_BASE_SAMPLES_PER_S = 1.0  # BERT-base training on a 2-core CPU, rounded up (bench/RESULTS.md)
 
 
 def cpu_seconds() -> float:

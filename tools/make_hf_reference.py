@@ -14,7 +14,7 @@ It writes, under tests/fixtures/hf_reference/:
     bare/         HF BertModel (no "bert." prefix, like sentence-transformers' MiniLM)
     gamma_beta/   pretraining's weights renamed the TensorFlow-era way (LayerNorm.gamma/.beta) and
                   with the tied decoder written out explicitly
-    metadata.json versions of torch/transformers, the seed, this script's name and sha256, and the
+    metadata.json versions of torch/transformers, the random seed, this script's name and sha256, and the
                   parameter counts transformers gives BERT-base/large
 
 Each reference.npz holds the fixed inputs (with padding and mixed segments) and what transformers
