@@ -193,53 +193,8 @@ def postprocess_predictions(
                 f"{ex_features[0].qas_id!r}, but example {example_index} is {example.qas_id!r}: "
                 "features and examples come from different files"
             )
-        candidates: list[_Candidate] = []
-        for feature_index, feature in enumerate(ex_features):
-            if feature.unique_id not in table:
-                raise SquadDataError(
-                    f"no logits for feature {feature.unique_id} (question {example.qas_id!r}); "
-                    "every eval feature needs a result"
-                )
-            start_logits, end_logits = table[feature.unique_id]
-            if len(start_logits) < feature.num_tokens or len(end_logits) < feature.num_tokens:
-                raise SquadDataError(
-                    f"feature {feature.unique_id}: {len(start_logits)}/{len(end_logits)} logits "
-                    f"for {feature.num_tokens} tokens"
-                )
-            for start, end in _valid_spans(
-                feature, _top_indexes(start_logits, n_best_size),
-                _top_indexes(end_logits, n_best_size), max_answer_length,
-            ):
-                candidates.append(
-                    _Candidate(feature_index, start, end,
-                               float(start_logits[start]), float(end_logits[end]))
-                )
-        # sorted() is stable: equal scores keep window/start/end order, as in the reference.
-        candidates.sort(key=lambda c: c.start_logit + c.end_logit, reverse=True)
-
-        nbest: list[dict] = []
-        seen: set[str] = set()
-        tokens_of: dict[int, list[str]] = {}
-        for c in candidates:
-            if len(nbest) >= n_best_size:
-                break
-            feature = ex_features[c.feature_index]
-            if c.feature_index not in tokens_of:
-                tokens_of[c.feature_index] = feature.tokens
-            pieces = tokens_of[c.feature_index][c.start : c.end + 1]
-            tok_text = " ".join(pieces).replace(" ##", "").replace("##", "")
-            tok_text = " ".join(tok_text.split())
-            first_word = feature.orig_word_index(c.start)
-            last_word = feature.orig_word_index(c.end)
-            orig_text = " ".join(example.doc_tokens[first_word : last_word + 1])
-            text = get_final_text(tok_text, orig_text, do_lower_case)
-            if text in seen:
-                continue
-            seen.add(text)
-            nbest.append({"text": text, "start_logit": c.start_logit, "end_logit": c.end_logit})
-        if not nbest:
-            # The reference's placeholder when no window produced a valid span.
-            nbest.append({"text": "empty", "start_logit": 0.0, "end_logit": 0.0})
+        candidates = _candidates(example, ex_features, table, n_best_size, max_answer_length)
+        nbest = _nbest(example, ex_features, candidates, n_best_size, do_lower_case)
         probabilities = _softmax([e["start_logit"] + e["end_logit"] for e in nbest])
         all_nbest[example.qas_id] = [
             {"text": e["text"], "probability": p,
@@ -251,6 +206,62 @@ def postprocess_predictions(
     if output_dir is not None:
         write_predictions(predictions, all_nbest, output_dir)
     return predictions, all_nbest
+
+
+def _candidates(example, ex_features, table, n_best_size: int, max_answer_length: int) -> list:
+    """Every valid (window, start, end) span among each window's top starts and ends, best first."""
+    candidates: list[_Candidate] = []
+    for feature_index, feature in enumerate(ex_features):
+        if feature.unique_id not in table:
+            raise SquadDataError(
+                f"no logits for feature {feature.unique_id} (question {example.qas_id!r}); "
+                "every eval feature needs a result"
+            )
+        start_logits, end_logits = table[feature.unique_id]
+        if len(start_logits) < feature.num_tokens or len(end_logits) < feature.num_tokens:
+            raise SquadDataError(
+                f"feature {feature.unique_id}: {len(start_logits)}/{len(end_logits)} logits "
+                f"for {feature.num_tokens} tokens"
+            )
+        for start, end in _valid_spans(
+            feature, _top_indexes(start_logits, n_best_size),
+            _top_indexes(end_logits, n_best_size), max_answer_length,
+        ):
+            candidates.append(
+                _Candidate(feature_index, start, end,
+                           float(start_logits[start]), float(end_logits[end]))
+            )
+    # sorted() is stable: equal scores keep window/start/end order, as in the reference.
+    candidates.sort(key=lambda c: c.start_logit + c.end_logit, reverse=True)
+    return candidates
+
+
+def _nbest(example, ex_features, candidates, n_best_size: int, do_lower_case: bool) -> list[dict]:
+    """The first ``n_best_size`` distinct answer texts of ``candidates``, mapped back to the words."""
+    nbest: list[dict] = []
+    seen: set[str] = set()
+    tokens_of: dict[int, list[str]] = {}  # Feature.tokens is built on each access
+    for c in candidates:
+        if len(nbest) >= n_best_size:
+            break
+        feature = ex_features[c.feature_index]
+        if c.feature_index not in tokens_of:
+            tokens_of[c.feature_index] = feature.tokens
+        pieces = tokens_of[c.feature_index][c.start : c.end + 1]
+        tok_text = " ".join(pieces).replace(" ##", "").replace("##", "")
+        tok_text = " ".join(tok_text.split())
+        first_word = feature.orig_word_index(c.start)
+        last_word = feature.orig_word_index(c.end)
+        orig_text = " ".join(example.doc_tokens[first_word : last_word + 1])
+        text = get_final_text(tok_text, orig_text, do_lower_case)
+        if text in seen:
+            continue
+        seen.add(text)
+        nbest.append({"text": text, "start_logit": c.start_logit, "end_logit": c.end_logit})
+    if not nbest:
+        # The reference's placeholder when no window produced a valid span.
+        nbest.append({"text": "empty", "start_logit": 0.0, "end_logit": 0.0})
+    return nbest
 
 
 def write_predictions(predictions: dict, nbest: dict, output_dir) -> tuple[Path, Path]:
