@@ -93,8 +93,8 @@ def print_config_block(settings: dict, num_nodes: int, gpus_per_node: int):
     print(f"Time stamp: {time.strftime('%Y-%m-%d-%H:%M:%S', time.localtime())}", flush=True)
 
 
-def run_cli(prog: str, body, *args) -> int:
-    """``body(*args)`` -> its exit code (None: 0); bad input -> ``prog: error: ...`` and 2.
+def run_cli(prog: str, body, *args, bad_input: tuple = BAD_INPUT) -> int:
+    """``body(*args)`` -> its exit code (None: 0); ``bad_input`` -> ``prog: error: ...`` and 2.
 
     A failing rank of a launched job is not bad input: the task raises LaunchError (a
     RuntimeError) and the launcher's exit code is returned.
@@ -105,7 +105,10 @@ def run_cli(prog: str, body, *args) -> int:
         code = body(*args)
     except LaunchError as exc:
         return exc.returncode
-    except BAD_INPUT as exc:
+    except bad_input as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
     return 0 if code is None else code

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import DefaultsFormatter
+from .common import DefaultsFormatter, run_cli
 
 PROG = "bert-make-pretraining-data"
 
@@ -59,57 +59,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _vocab_file(args, inputs, input_format):
+    """--vocab_file, BERTLIB_VOCAB, the default data's vocab, or one trained on the input."""
+    from ..resources import default_vocab, find_vocab
+    from ..tokenization import train_vocab
 
-    from ..corpus import CorpusError, find_text_files
-    from ..ofrecord import DataError
+    if args.vocab_file:
+        return find_vocab(args.vocab_file)
+    if os.environ.get("BERTLIB_VOCAB"):
+        return find_vocab()
+    if args.input is None:
+        return default_vocab()
+    print(f"{PROG}: no --vocab_file: training a {args.vocab_size}-token WordPiece vocab on the "
+          "input", flush=True)
+    return train_vocab(inputs, args.vocab_size, args.output_dir, lowercase=args.lowercase,
+                       input_format=input_format, progress=not args.quiet)
+
+
+def _make_pretraining_data(args):
+    from ..corpus import find_text_files
     from ..pretraining_data import create_pretraining_data
+    from ..resources import default_corpus_dir
     from ..schemas import pretraining_schema
-    from ..resources import default_corpus_dir, default_vocab, find_vocab
-    from ..tokenization import VocabError, read_vocab, train_vocab
+    from ..tokenization import read_vocab
 
-    try:
-        if args.num_workers is not None and args.num_workers < 1:
-            raise ValueError(f"--num_workers must be >= 1 (got {args.num_workers})")
-        inputs, input_format = args.input, args.input_format
-        if inputs is None:
-            inputs, input_format = [default_corpus_dir()], "sentences"
-            print(f"{PROG}: no --input: using the embedded corpus {inputs[0]}", flush=True)
-        find_text_files(inputs)  # input errors before any work
-        if args.vocab_file:
-            vocab_file = find_vocab(args.vocab_file)
-        elif os.environ.get("BERTLIB_VOCAB"):
-            vocab_file = find_vocab()
-        elif args.input is None:
-            vocab_file = default_vocab()
-        else:
-            print(f"{PROG}: no --vocab_file: training a {args.vocab_size}-token WordPiece vocab on the "
-                  "input", flush=True)
-            vocab_file = train_vocab(inputs, args.vocab_size, args.output_dir, lowercase=args.lowercase,
-                                     input_format=input_format, progress=not args.quiet)
-        print(f"{PROG}: vocab {vocab_file} ({len(read_vocab(vocab_file)):,} tokens)", flush=True)
-        summary = create_pretraining_data(
-            inputs, vocab_file, args.output_dir, seq_length=args.seq_length,
-            max_predictions_per_seq=args.max_predictions_per_seq, data_part_num=args.data_part_num,
-            dupe_factor=args.dupe_factor, masked_lm_prob=args.masked_lm_prob,
-            short_seq_prob=args.short_seq_prob, whole_word_mask=args.whole_word_mask, seed=args.seed,
-            num_workers=args.num_workers, progress=not args.quiet, input_format=input_format,
-            lowercase=args.lowercase)
-        # Read back what was written: the same check the loaders do before training.
-        pretraining_schema(args.seq_length, args.max_predictions_per_seq).validate(
-            args.output_dir, args.data_part_num, vocab_size=summary.vocab_size)
-    except (CorpusError, VocabError, DataError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    if args.num_workers is not None and args.num_workers < 1:
+        raise ValueError(f"--num_workers must be >= 1 (got {args.num_workers})")
+    inputs, input_format = args.input, args.input_format
+    if inputs is None:
+        inputs, input_format = [default_corpus_dir()], "sentences"
+        print(f"{PROG}: no --input: using the embedded corpus {inputs[0]}", flush=True)
+    find_text_files(inputs)  # input errors before any work
+    vocab_file = _vocab_file(args, inputs, input_format)
+    print(f"{PROG}: vocab {vocab_file} ({len(read_vocab(vocab_file)):,} tokens)", flush=True)
+    summary = create_pretraining_data(
+        inputs, vocab_file, args.output_dir, seq_length=args.seq_length,
+        max_predictions_per_seq=args.max_predictions_per_seq, data_part_num=args.data_part_num,
+        dupe_factor=args.dupe_factor, masked_lm_prob=args.masked_lm_prob,
+        short_seq_prob=args.short_seq_prob, whole_word_mask=args.whole_word_mask, seed=args.seed,
+        num_workers=args.num_workers, progress=not args.quiet, input_format=input_format,
+        lowercase=args.lowercase)
+    # Read back what was written: the same check the loaders do before training.
+    pretraining_schema(args.seq_length, args.max_predictions_per_seq).validate(
+        args.output_dir, args.data_part_num, vocab_size=summary.vocab_size)
     print(summary)
     print(f"next: bert-pretrain --data_dir {Path(args.output_dir)} --data_part_num {args.data_part_num} "
           f"--vocab_file {vocab_file} --seq_length {args.seq_length} "
           f"--max_predictions_per_seq {args.max_predictions_per_seq}")
-    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, _make_pretraining_data, args, bad_input=(ValueError, OSError))
 
 
 if __name__ == "__main__":

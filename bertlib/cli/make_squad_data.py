@@ -16,6 +16,8 @@ import argparse
 import sys
 import time
 
+from .common import run_cli
+
 PROG = "bert-make-squad-data"
 
 
@@ -52,32 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-
-    from ..ofrecord import DataError
-    from ..squad.examples import SquadDataError
+def _make_squad_data(args):
     from ..squad.features import make_squad_data
-    from ..tokenization import VocabError, load_tokenizer
+    from ..tokenization import load_tokenizer
 
     start = time.perf_counter()
-    try:
-        tokenizer = load_tokenizer(args.vocab_file, lowercase=args.do_lower_case)
-        manifest = make_squad_data(
-            args.input_file,
-            tokenizer,
-            args.output_dir,
-            is_training=args.is_training,
-            max_seq_length=args.max_seq_length,
-            doc_stride=args.doc_stride,
-            max_query_length=args.max_query_length,
-            data_part_num=args.data_part_num,
-            do_lower_case=args.do_lower_case,
-            progress=not args.quiet,
-        )
-    except (SquadDataError, DataError, VocabError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    tokenizer = load_tokenizer(args.vocab_file, lowercase=args.do_lower_case)
+    manifest = make_squad_data(
+        args.input_file, tokenizer, args.output_dir, is_training=args.is_training,
+        max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
+        max_query_length=args.max_query_length, data_part_num=args.data_part_num,
+        do_lower_case=args.do_lower_case, progress=not args.quiet)
     seconds = time.perf_counter() - start
     kind = "training" if args.is_training else "eval"
     skipped = len(manifest.get("skipped", []))
@@ -87,7 +74,11 @@ def main(argv=None) -> int:
         + f", {manifest['num_features']} features, {manifest['data_part_num']} parts, "
         f"seq {manifest['max_seq_length']}, {seconds:.1f} seconds -> {args.output_dir}"
     )
-    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, _make_squad_data, args, bad_input=(ValueError, OSError))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from .common import run_cli
+
 PROG = "bert-squad-evaluate"
 
 
@@ -26,23 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _evaluate(args):
+    from ..squad.evaluate import evaluate
 
-    from ..squad.evaluate import SquadEvalError, evaluate
-
-    try:
-        result = evaluate(args.dataset, args.predictions, details=True)
-    except SquadEvalError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    result = evaluate(args.dataset, args.predictions, details=True)
     if result["missing"]:
         print(f"{PROG}: {result['missing']} of {result['total']} questions have no prediction "
               "and score 0", file=sys.stderr)
     if not args.details:
         result = {"exact_match": result["exact_match"], "f1": result["f1"]}
     print(json.dumps(result))
-    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, _evaluate, args)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import DefaultsFormatter
+from .common import DefaultsFormatter, run_cli
 
 PROG = "bert-train-vocab"
 
@@ -33,25 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _train_vocab(args):
+    from ..tokenization import load_tokenizer, read_vocab, train_vocab
 
-    from ..corpus import CorpusError
-    from ..tokenization import VocabError, load_tokenizer, read_vocab, train_vocab
-
-    try:
-        path = train_vocab(args.input, args.vocab_size, args.output_dir, lowercase=args.lowercase,
-                           min_frequency=args.min_frequency, input_format=args.input_format,
-                           progress=not args.quiet)
-        vocab = read_vocab(path)
-        example = load_tokenizer(path, args.lowercase).encode(
-            "Tokenization splits rare words into pieces.", add_special_tokens=False).tokens
-    except (CorpusError, VocabError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    path = train_vocab(args.input, args.vocab_size, args.output_dir, lowercase=args.lowercase,
+                       min_frequency=args.min_frequency, input_format=args.input_format,
+                       progress=not args.quiet)
+    vocab = read_vocab(path)
+    example = load_tokenizer(path, args.lowercase).encode(
+        "Tokenization splits rare words into pieces.", add_special_tokens=False).tokens
     print(f"wrote {path}: {len(vocab):,} tokens (asked for at most {args.vocab_size:,}); "
           f"example: {' '.join(example)}")
-    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, _train_vocab, args, bad_input=(ValueError, OSError))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..schemas import SCHEMA_NAMES
-from .common import DefaultsFormatter
+from .common import DefaultsFormatter, run_cli
 
 PROG = "bert-validate-data"
 
@@ -49,38 +49,35 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-
+def _validate(args):
     from ..loaders import count_parts
-    from ..ofrecord import DataError
     from ..pretraining_data import METADATA_FILE
     from ..schemas import schema_by_name
-    from ..tokenization import VocabError, read_vocab
+    from ..tokenization import read_vocab
 
     data_dir = Path(args.data_dir)
-    try:
-        meta = _read_json(data_dir / METADATA_FILE)
-        squad = _read_json(data_dir / "squad_features.json")
-        schema_name = args.schema or (("squad-train" if squad.get("is_training") else "squad-eval")
-                                      if squad else "pretraining")
-        vocab_size = len(read_vocab(args.vocab_file)) if args.vocab_file else args.vocab_size
-        if schema_name == "pretraining":
-            seq = args.seq_length or meta.get("seq_length", 128)
-            vocab_size = vocab_size or meta.get("vocab_size")
-        else:
-            seq = args.seq_length or squad.get("max_seq_length", 384)
-        schema = schema_by_name(schema_name, seq, args.max_predictions_per_seq
-                                or meta.get("max_predictions_per_seq", 20))
-        parts = args.data_part_num or count_parts(data_dir, args.part_name_prefix, args.part_name_suffix_length)
-        summary = schema.validate(data_dir, parts, num_ranks=args.num_ranks, vocab_size=vocab_size,
-                                  prefix=args.part_name_prefix, suffix_length=args.part_name_suffix_length)
-    except (DataError, VocabError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    meta = _read_json(data_dir / METADATA_FILE)
+    squad = _read_json(data_dir / "squad_features.json")
+    schema_name = args.schema or (("squad-train" if squad.get("is_training") else "squad-eval")
+                                  if squad else "pretraining")
+    vocab_size = len(read_vocab(args.vocab_file)) if args.vocab_file else args.vocab_size
+    if schema_name == "pretraining":
+        seq = args.seq_length or meta.get("seq_length", 128)
+        vocab_size = vocab_size or meta.get("vocab_size")
+    else:
+        seq = args.seq_length or squad.get("max_seq_length", 384)
+    schema = schema_by_name(schema_name, seq, args.max_predictions_per_seq
+                            or meta.get("max_predictions_per_seq", 20))
+    parts = args.data_part_num or count_parts(data_dir, args.part_name_prefix, args.part_name_suffix_length)
+    summary = schema.validate(data_dir, parts, num_ranks=args.num_ranks, vocab_size=vocab_size,
+                              prefix=args.part_name_prefix, suffix_length=args.part_name_suffix_length)
     print(f"OK: {summary}; schema {schema_name} {schema!r}"
           + (f"; token ids < {vocab_size}" if vocab_size else "; token ids not checked (no vocab size)"))
-    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, _validate, args, bad_input=(ValueError, OSError))
 
 
 if __name__ == "__main__":
