@@ -306,7 +306,7 @@ class QuestionAnswerer:
         for f in features:
             by_example.setdefault(f.example_index, []).append(f)
         table = {r.unique_id: r for r in results}
-        answers = []
+        answers: list[list[Answer]] = [[] for _ in pairs]
         for index, example in enumerate(examples):
             found = []
             for entry in nbest[example.qas_id]:
@@ -320,7 +320,8 @@ class QuestionAnswerer:
                                     entry["probability"], start, end))
                 if len(found) == top_k:
                     break
-            answers.append(found)
+            # examples come paragraph by paragraph; the id is the pair's place in the input
+            answers[int(example.qas_id)] = found
         return answers
 
     def _logits(self, features) -> list[RawResult]:
