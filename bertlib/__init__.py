@@ -4,6 +4,9 @@ The public API, imported lazily so that ``import bertlib`` (and the tools that n
 as the SQuAD scorer) do not pay for importing OneFlow::
 
     from bertlib import BertConfig, BertForPreTraining, pretraining_loss
+
+Whole runs (what ``bert-pretrain`` and ``bert-squad`` do, in-process or on N processes) are in
+:mod:`bertlib.tasks`: ``bertlib.tasks.pretraining.run(PretrainingOptions(...))``.
 """
 import importlib
 
@@ -19,6 +22,8 @@ _EXPORTS = {
     "Trainer": "trainer",
     "TrainOptions": "trainer",
     "import_oneflow": "runtime",
+    "PretrainingOptions": "tasks.pretraining",
+    "SquadOptions": "tasks.squad",
 }
 
 __all__ = sorted(_EXPORTS)
