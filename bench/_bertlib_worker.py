@@ -24,7 +24,7 @@ sys.path.insert(0, HERE)
 import _common  # noqa: E402
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True, choices=sorted(_common.CONFIGS))
     ap.add_argument("--mode", default="eager", choices=["eager", "graph"])
@@ -37,7 +37,11 @@ def main():
     ap.add_argument("--mlm-everywhere", action="store_true",
                     help="MLM logits at all positions, then gathered (to measure the gather-first lever)")
     ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    args = parse_args()
 
     from bertlib import runtime
     flow = runtime.import_oneflow()

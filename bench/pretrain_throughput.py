@@ -23,7 +23,9 @@ best round: on a shared VM the speed of the same work drifts by 10-20% over minu
     python bench/pretrain_throughput.py --levers                 # every lever, one at a time
 
 Only the standard library is needed here: each measurement runs in a fresh worker process
-(bench/_bertlib_worker.py in this venv, bench/_hf_worker.py in the reference venv).
+(bench/_bertlib_worker.py in this venv, bench/_hf_worker.py in the reference venv). bertlib's side
+is the product's own training loop, bertlib.trainer.Trainer, as bert-pretrain runs it (without
+gradient clipping, which the PyTorch side does not do either).
 """
 from __future__ import annotations
 
