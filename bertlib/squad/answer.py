@@ -221,8 +221,9 @@ class QuestionAnswerer:
             probabilities are a softmax over these.
         batch_size: windows per forward pass.
 
-    Models are cached by directory, vocab, lower-casing and device (the last two used), so a
-    second ``QuestionAnswerer`` or :func:`answer` on the same directory does not reload it.
+    Models are cached by directory, vocab, lower-casing and device (the two last used stay
+    loaded), so a second ``QuestionAnswerer`` or :func:`answer` on the same directory does not
+    reload it.
     """
 
     def __init__(self, model_dir, vocab_file=None, *, do_lower_case: bool | None = None,
