@@ -1,7 +1,7 @@
 """BertConfig: the handful of numbers that define a BERT.
 
 Field names are Hugging Face's ``config.json`` keys, so a published checkpoint's config loads as is
-and ours loads in ``transformers``. Presets reproduce the seed's architecture table.
+and ours loads in ``transformers``. Presets reproduce the architecture table of OneFlow-Benchmark's BERT README.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class BertConfig:
 
     @property
     def head_size(self) -> int:
-        """D: width of one attention head (the seed calls it hidden_size_per_head)."""
+        """D: width of one attention head (OneFlow-Benchmark's run_pretraining.py flag: hidden_size_per_head)."""
         return self.hidden_size // self.num_attention_heads
 
     # ----------------------------------------------------------------------------------- presets
@@ -78,7 +78,8 @@ class BertConfig:
 
     @classmethod
     def from_seed_flags(cls, num_hidden_layers, num_attention_heads, hidden_size_per_head, **overrides):
-        """The seed's CLI describes width as heads x per-head size; the feed-forward is 4 x hidden."""
+        """OneFlow-Benchmark's run_pretraining.py flags give width as heads x per-head size; the
+        feed-forward is 4 x hidden."""
         hidden = num_attention_heads * hidden_size_per_head
         return cls(**{**dict(hidden_size=hidden, num_hidden_layers=num_hidden_layers,
                              num_attention_heads=num_attention_heads, intermediate_size=4 * hidden),
