@@ -1,7 +1,8 @@
 """BertConfig: the handful of numbers that define a BERT.
 
 Field names are Hugging Face's ``config.json`` keys, so a published checkpoint's config loads as is
-and ours loads in ``transformers``. Presets reproduce the architecture table of OneFlow-Benchmark's BERT README.
+and ours loads in ``transformers``. Presets reproduce the architecture table of OneFlow-Benchmark's
+BERT README.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class BertConfig:
 
     @property
     def head_size(self) -> int:
-        """D: width of one attention head (OneFlow-Benchmark's run_pretraining.py flag: hidden_size_per_head)."""
+        """D: width of one attention head (run_pretraining.py's flag hidden_size_per_head)."""
         return self.hidden_size // self.num_attention_heads
 
     # ----------------------------------------------------------------------------------- presets
