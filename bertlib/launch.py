@@ -21,9 +21,12 @@ to the command's, and stops them with ``killpg`` of its own group. What we guara
   reports a process killed by it. Each rank leads its own session, so a terminal's Ctrl-C or
   hang-up reaches only the launcher, which stops the ranks, instead of every rank printing a
   KeyboardInterrupt of its own.
-* **A lost node ends the job with its name.** OneFlow's control plane notices a peer process gone
-  within ~10 s and aborts its ranks with ``Machine <rank> lost`` (its "machine" is a process rank);
-  the launcher turns that into a message naming the rank and its node.
+* **A lost node ends the job with its name.** OneFlow notices a peer gone only by aborting our own
+  ranks, often without saying which peer (an EPOLLERR in its transport; or, ~10 s later,
+  ``Machine <rank> lost`` from its control plane, where a "machine" is a process rank). So the
+  launchers of a multi-node job also watch each other (:class:`_NodeWatch`, on ``--master_port``
+  + 1): a node whose launcher dies or whose job fails is named on every other node, which stops
+  its ranks at once.
 * **The node rank comes from this machine's addresses.** It is the index of the one ``node_list``
   entry that an address of this machine's interfaces answers to (found by binding a socket to it).
   The hostname cannot tell: in containers and network namespaces it names the host.
@@ -259,9 +262,129 @@ def _stop_ranks(ranks: list[_Rank]):
         r.proc.wait()
 
 
-def _first_failure(ranks: list[_Rank]) -> _Rank | None:
-    """Wait until every rank succeeded (None) or one failed (that rank)."""
+class _NodeWatch:
+    """The launchers of a multi-node job watch each other over one TCP connection per node.
+
+    Node k > 0 connects to node 0's launcher on ``master_port + 1`` and says which node it is. Each
+    side says ``done`` when its ranks succeeded or ``failed <why>`` when its job failed; a
+    connection that ends without either means that node's launcher died (killed, or its machine
+    or the network failed; TCP keepalive finds a silent peer in ~15 s). Node 0 passes what it
+    learns on to the other nodes. OneFlow notices a lost peer too, but only as an abort of our own
+    ranks that does not always say which peer (an EPOLLERR in its transport, for one), and
+    sometimes only after its control plane's next heartbeat.
+    """
+
+    def __init__(self, node_rank: int, nodes: list[str], port: int):
+        self.node_rank, self.nodes, self.port = node_rank, nodes, port
+        self.events: list[tuple[int, str]] = []  # (node, what happened to it), first first
+        self.finished: set[int] = set()
+        self.ended = False
+        self._peers: dict[int, socket.socket] = {}
+        self._send_lock = threading.Lock()
+        self._server = None
+
+    def start(self):
+        if self.node_rank == 0:
+            try:
+                self._server = socket.create_server(("", self.port))
+            except OSError as exc:
+                raise NodeListError(f"cannot listen on port {self.port} (--master_port + 1), where node 0 "
+                                    f"watches the other nodes: {exc.strerror}") from None
+            threading.Thread(target=self._accept, daemon=True).start()
+        else:
+            threading.Thread(target=self._connect, daemon=True).start()
+
+    def name(self, node: int) -> str:
+        return f"node {node} ({self.nodes[node]})"
+
+    def _accept(self):
+        while not self.ended:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn, None), daemon=True).start()
+
+    def _connect(self):
+        while not self.ended:
+            try:
+                conn = socket.create_connection((self.nodes[0], self.port), timeout=5)
+            except OSError:
+                time.sleep(1)  # node 0 is not listening yet
+                continue
+            conn.settimeout(None)
+            self._send(conn, f"hello {self.node_rank}")
+            self._serve(conn, 0)
+            return
+
+    def _serve(self, conn: socket.socket, node: int | None):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 5)):
+            if hasattr(socket, option):
+                conn.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        if node is not None:
+            self._peers[node] = conn
+        reader = conn.makefile("r", encoding="utf-8", errors="replace")
+        said = False
+        try:
+            for line in reader:
+                word, _, rest = line.rstrip("\n").partition(" ")
+                if word == "hello" and node is None:
+                    node = int(rest)
+                    self._peers[node] = conn
+                elif word == "done" and node is not None:
+                    self.finished.add(node)
+                    said = True
+                elif word == "failed" and node is not None:
+                    self._record(node, f"failed: {rest}")
+                    said = True
+                elif word == "lost":
+                    other, _, why = rest.partition(" ")
+                    self._record(int(other), why)
+        except (OSError, ValueError):
+            pass  # a reset or a keepalive timeout: the same as an end without a word
+        if node is not None and not said and not self.ended:
+            self._record(node, "was lost: its launcher ended without a word (killed, or its machine or "
+                               "the network failed)")
+
+    def _record(self, node: int, what: str):
+        if any(n == node for n, _ in self.events):
+            return
+        self.events.append((node, what))
+        if self.node_rank == 0:  # pass it on: the other nodes may not see node `node` themselves
+            for peer in list(self._peers):
+                if peer != node:
+                    self._send(self._peers[peer], f"lost {node} {what}")
+
+    def _send(self, conn: socket.socket, line: str):
+        with self._send_lock:
+            try:
+                conn.sendall((line.replace("\n", " ") + "\n").encode())
+            except OSError:
+                pass
+
+    def tell(self, line: str):
+        for conn in list(self._peers.values()):
+            self._send(conn, line)
+
+    def close(self, outcome: str):
+        """Tell the other nodes how this node ended (``done`` or ``failed <why>``) and hang up."""
+        self.ended = True
+        for conn in list(self._peers.values()):
+            self._send(conn, outcome)
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        if self._server is not None:
+            self._server.close()
+
+
+def _first_failure(ranks: list[_Rank], watch: _NodeWatch | None) -> _Rank | None:
+    """Wait until every rank succeeded (None), one failed (that rank), or another node ended badly
+    (None, with an event in ``watch``)."""
     while True:
+        if watch is not None and watch.events:
+            return None
         running = False
         for r in ranks:
             code = r.proc.poll()
@@ -278,7 +401,8 @@ def _exit_status(code: int) -> int:
     return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports it
 
 
-def _failure_message(failed: _Rank, lost: list[int], nproc_per_node: int, nodes: list[str] | None) -> str:
+def _failure_message(failed: _Rank, lost: list[int], nproc_per_node: int, nodes: list[str] | None,
+                     short: bool = False) -> str:
     code = failed.proc.returncode
     if code < 0:
         try:
@@ -286,7 +410,7 @@ def _failure_message(failed: _Rank, lost: list[int], nproc_per_node: int, nodes:
         except ValueError:
             name = f"signal {-code}"
         what = f"{failed} was killed by {name}"
-        if -code == signal.SIGKILL:
+        if -code == signal.SIGKILL and not short:
             what += " (sent by someone, or by the kernel when memory ran out)"
     else:
         what = f"{failed} exited with code {code}"
@@ -295,7 +419,7 @@ def _failure_message(failed: _Rank, lost: list[int], nproc_per_node: int, nodes:
         host = f", {nodes[node]}" if nodes and node < len(nodes) else ""
         what += (f": OneFlow lost contact with rank {peer} (node {node}{host}), "
                  "whose process stopped or cannot be reached")
-    return what + "; the other ranks of this node were stopped"
+    return what
 
 
 def _say(prog: str, message: str):
@@ -343,6 +467,7 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
                WORLD_SIZE=str(nproc_per_node * node_num))
     cmd = [sys.executable, "-u", "-m", module, *argv]
     preexec = _rank_preexec()
+    watch = _NodeWatch(node_rank, nodes, master_port + 1) if nodes else None
     ranks: list[_Rank] = []
     lost: list[int] = []
     err_read, err_write = os.pipe()
@@ -351,15 +476,17 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
     if relay_stdout:
         relays.append(threading.Thread(target=_relay_stdout, args=(out_read,), daemon=True))
     with _stop_signals() as stopping:
-        failed = stopped_by = None
+        failed = stopped_by = refused = None
         try:
             # A stop signal handled between a fork and the rank's entry in `ranks` would leave that
-            # rank unseen by the clean-up: hold the signals until every rank is listed. The relay
-            # threads inherit the mask and keep it, so the signals wait for the main thread.
+            # rank unseen by the clean-up: hold the signals until every rank is listed. The threads
+            # started here inherit the mask and keep it, so the signals wait for the main thread.
             signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
             try:
                 for relay in relays:
                     relay.start()
+                if watch is not None:
+                    watch.start()
                 for local in range(nproc_per_node):
                     rank = node_rank * nproc_per_node + local
                     proc = subprocess.Popen(cmd, env=dict(env, RANK=str(rank), LOCAL_RANK=str(local)),
@@ -368,11 +495,21 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
                     ranks.append(_Rank(rank, node_rank, local, proc))
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-            failed = _first_failure(ranks)
+            failed = _first_failure(ranks, watch)
+            if failed is not None and watch is not None:
+                watch.tell(f"failed {_failure_message(failed, lost, nproc_per_node, nodes, short=True)}")
+                if failed.proc.returncode == -signal.SIGABRT:
+                    # OneFlow aborts a rank when a peer is gone: if that is what happened, the
+                    # peer's launcher has a better story, and it is usually on its way
+                    deadline = time.monotonic() + 2
+                    while not watch.events and time.monotonic() < deadline:
+                        time.sleep(0.1)
         except _Stop as stop:
             stopped_by = stop.signum
             stopping()
             _say(prog, f"{signal.Signals(stop.signum).name} received: stopping the ranks")
+        except NodeListError as exc:
+            refused = exc
         finally:
             stopping()
             _stop_ranks(ranks)
@@ -381,11 +518,30 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
                     os.close(fd)  # the relays end once the ranks' copies are closed too
             for relay in relays:
                 relay.join(timeout=5)
+    peer_first = failed is None or failed.proc.returncode == -signal.SIGABRT
+    if watch is not None and watch.events and peer_first:
+        node, what = watch.events[0]
+        message = f"{watch.name(node)} {what}; this node's ranks were stopped"
+        if failed is not None:
+            message += f" ({_failure_message(failed, lost, nproc_per_node, nodes, short=True)})"
+        watch.close(f"failed stopped after {watch.name(node)} {what}")
+        _say(prog, message)
+        return 1
+    if refused is not None:
+        _say(prog, f"error: {refused}")
+        return 2
     if stopped_by is not None:
+        if watch is not None:
+            watch.close(f"failed stopped by {signal.Signals(stopped_by).name}")
         return 128 + stopped_by
     if failed is not None:
-        _say(prog, _failure_message(failed, lost, nproc_per_node, nodes))
+        message = _failure_message(failed, lost, nproc_per_node, nodes)
+        if watch is not None:
+            watch.close(f"failed {message}")
+        _say(prog, message + "; the other ranks of this node were stopped")
         return _exit_status(failed.proc.returncode)
+    if watch is not None:
+        watch.close("done")
     return 0
 
 

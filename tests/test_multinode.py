@@ -163,24 +163,37 @@ def test_two_nodes_train_as_one_node_with_two_processes(pair, tmp_path):
     assert losses(tmp_path / "logs0") == expected
 
 
-@pytest.mark.parametrize("killed", [1, 0], ids=["worker-node-killed", "master-node-killed"])
-def test_killing_one_node_ends_the_other_with_its_name(pair, tmp_path, killed):
+@pytest.mark.parametrize("killed,whole", [(1, True), (0, True), (1, False)],
+                         ids=["worker-node-killed", "master-node-killed", "worker-rank-killed"])
+def test_killing_one_node_ends_the_other_with_its_name(pair, tmp_path, killed, whole):
+    """A node killed whole (its bert-pretrain, whose rank dies with it) is named as lost; a rank
+    killed on its own is named by its node's launcher, and the other node passes that on."""
     nodes = [Node(pair, i, [*TINY, "--iter_num", "100000"], tmp_path) for i in (0, 1)]
     survivor = nodes[1 - killed]
     try:
         nodes[0].wait_for("iter 1,", 120)
-        assert len(nodes[killed].processes()) == 2  # the command and its rank
-        nodes[killed].proc.send_signal(signal.SIGKILL)  # the whole node: its rank dies with it
+        victims = nodes[killed].processes()
+        assert len(victims) == 2  # the command and its rank
+        rank_pid = next(pid for pid in victims if pid != nodes[killed].proc.pid)
+        os.kill(nodes[killed].proc.pid if whole else rank_pid, signal.SIGKILL)
         start = time.monotonic()
         code = survivor.proc.wait(timeout=60)
         seconds = time.monotonic() - start
+        if not whole:
+            assert nodes[killed].proc.wait(timeout=30) == 137
         assert nodes[killed].processes() == []
     finally:
         for node in nodes:
             node.kill()
     err = survivor.stderr()
-    assert code != 0
-    assert (f"bert-pretrain: rank {1 - killed} (node {1 - killed}, pid " in err and
-            f"OneFlow lost contact with rank {killed} (node {killed}, {pair.addresses[killed]})" in err), err
+    assert code == 1
+    name = f"node {killed} ({pair.addresses[killed]})"
+    if whole:
+        assert f"bert-pretrain: {name} was lost: its launcher ended without a word" in err, err
+    else:
+        assert (f"bert-pretrain: {name} failed: rank {killed} (node {killed}, pid {rank_pid}) was killed by "
+                "SIGKILL" in err), err
+        assert f"rank {killed} (node {killed}, pid {rank_pid}) was killed by SIGKILL" in nodes[killed].stderr()
+    assert err.rstrip().endswith("this node's ranks were stopped"), err
     assert survivor.processes() == []
-    print(f"survivor ended {seconds:.1f}s after node {killed} was killed")
+    print(f"survivor ended {seconds:.1f}s after the kill")
