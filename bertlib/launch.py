@@ -277,7 +277,6 @@ class _NodeWatch:
     def __init__(self, node_rank: int, nodes: list[str], port: int):
         self.node_rank, self.nodes, self.port = node_rank, nodes, port
         self.events: list[tuple[int, str]] = []  # (node, what happened to it), first first
-        self.finished: set[int] = set()
         self.ended = False
         self._peers: dict[int, socket.socket] = {}
         self._send_lock = threading.Lock()
@@ -331,9 +330,10 @@ class _NodeWatch:
                 word, _, rest = line.rstrip("\n").partition(" ")
                 if word == "hello" and node is None:
                     node = int(rest)
+                    if not 0 < node < len(self.nodes):
+                        break  # not one of ours: some other job on this port
                     self._peers[node] = conn
                 elif word == "done" and node is not None:
-                    self.finished.add(node)
                     said = True
                 elif word == "failed" and node is not None:
                     self._record(node, f"failed: {rest}")
@@ -343,7 +343,9 @@ class _NodeWatch:
                     self._record(int(other), why)
         except (OSError, ValueError):
             pass  # a reset or a keepalive timeout: the same as an end without a word
-        if node is not None and not said and not self.ended:
+        if node is None or node not in self._peers:
+            conn.close()
+        elif not said and not self.ended:
             self._record(node, "was lost: its launcher ended without a word (killed, or its machine or "
                                "the network failed)")
 

@@ -201,8 +201,8 @@ def test_bad_node_lists_are_refused(no_override, node_list, message):
 
 def test_bert_pretrain_says_so_without_a_traceback(tmp_path):
     proc = subprocess.run([BERT_PRETRAIN, "--node_num", "2", "--node_list", ",".join(ELSEWHERE), *TINY,
-                           "--iter_num", "1"], cwd=tmp_path, env=marked_env(str(tmp_path)), capture_output=True, text=True,
-                          timeout=120)
+                           "--iter_num", "1"], cwd=tmp_path, env=marked_env(str(tmp_path)),
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("bert-pretrain: error: this machine is none of the --node_list hosts"), \
         proc.stderr
