@@ -14,15 +14,16 @@ validates every shard and resolves the model config; :func:`run` builds
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runtime
 from ..trainer import TrainOptions, global_batch_size, read_metrics
-from ._ranks import launch_ranks
+from ._ranks import LaunchError, launch_ranks
 
 __all__ = ["PretrainingOptions", "PretrainingResult", "Prepared", "prepare", "resolve_config",
-           "pretraining_step_loss", "log_line", "run", "launch"]
+           "pretraining_step_loss", "log_line", "run", "launch",
+           "LaunchError"]
 
 METRIC_NAMES = ("total_loss", "mlm_loss", "nsp_loss")
 PRESETS = (None, "tiny", "base", "large")
@@ -251,8 +252,8 @@ def launch(options: PretrainingOptions, nproc_per_node: int = 2, node_num: int =
 
     Everything is validated here first (a ValueError before any process starts); the ranks print
     their log through this process's stdout, and the records come back from ``log_dir``'s
-    metrics.jsonl (rank 0 writes it). Raises :class:`bertlib.tasks._ranks.LaunchError` when a
-    rank fails. The trained weights are in ``model_save_dir`` when the options save checkpoints.
+    metrics.jsonl (rank 0 writes it). Raises :class:`LaunchError` when a rank fails. The
+    trained weights are in ``model_save_dir`` when the options save checkpoints.
     ``validate=False``: the options come from :func:`prepare` already.
     """
     if not options.log_dir:

@@ -47,10 +47,11 @@ from ..loaders import count_parts
 from ..ofrecord import part_paths, read_records
 from ..squad.data import build_squad_data, check_squad_data, subset_squad_json
 from ..trainer import TrainOptions, global_batch_size
-from ._ranks import launch_ranks
+from ._ranks import LaunchError, launch_ranks
 
 __all__ = [
-    "SquadOptions", "UsageError", "prepare", "run", "launch", "fine_tune", "predict", "score",
+    "SquadOptions", "UsageError", "LaunchError", "prepare", "run", "launch", "fine_tune",
+    "predict", "score",
     "MINILM_PACKAGE", "minilm_dir", "resolve_init_checkpoint", "checkpoint_lowercases",
     "load_qa_model", "squad_step_loss", "train_steps", "predict_raw_results", "gather_raw_results",
     "subset_squad_json", "build_squad_data", "check_squad_data",
@@ -574,7 +575,7 @@ def launch(options: SquadOptions, nproc_per_node: int = 2, node_num: int = 1,
     Everything is prepared and validated here first (``info``: already done by :func:`prepare`);
     the ranks print through this process's stdout. Returns what rank 0 wrote to
     ``eval_results.json`` (or ``train_results.json``). Raises
-    :class:`bertlib.tasks._ranks.LaunchError` when a rank fails.
+    :class:`LaunchError` when a rank fails.
     """
     if info is None:
         info = prepare(options, nproc_per_node * node_num, progress=options.progress and sys.stderr.isatty())
