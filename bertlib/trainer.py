@@ -144,7 +144,7 @@ class Trainer:
                  options: TrainOptions, device: str = "cpu", metric_names: Sequence[str] = ("loss",),
                  log_line: Callable[[dict], str] | None = None):
         _check_options(options, device)
-        self.flow = flow = import_oneflow()
+        self.flow = import_oneflow()
         self.loss_fn, self.make_batches = loss_fn, make_batches
         self.opt, self.device = options, device
         self.metric_names = tuple(metric_names)
