@@ -77,8 +77,8 @@ def start_training(tmp_path, nproc=2):
 
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGKILL, -9), (signal.SIGHUP, 129), (signal.SIGQUIT, 131),
-                                        (signal.SIGTERM, 143)],
-                         ids=["SIGKILL", "SIGHUP", "SIGQUIT", "SIGTERM"])
+                                        (signal.SIGTERM, 143), (signal.SIGINT, 130)],
+                         ids=["SIGKILL", "SIGHUP", "SIGQUIT", "SIGTERM", "SIGINT"])
 def test_every_rank_dies_with_bert_pretrain(tmp_path, sig, status):
     proc, marker, err = start_training(tmp_path)
     try:
