@@ -36,6 +36,7 @@ from .features import SquadFeature
 __all__ = [
     "RawResult",
     "get_final_text",
+    "final_text_span",
     "postprocess_predictions",
     "write_predictions",
 ]
@@ -72,21 +73,28 @@ def get_final_text(pred_text: str, orig_text: str, do_lower_case: bool = True) -
     >>> get_final_text("steve smith", "Steve Smith's")
     'Steve Smith'
     """
+    start, end = final_text_span(pred_text, orig_text, do_lower_case)
+    return orig_text[start:end]
+
+
+def final_text_span(pred_text: str, orig_text: str, do_lower_case: bool = True) -> tuple[int, int]:
+    """``[start, end)`` in ``orig_text`` of :func:`get_final_text`'s answer (all of ``orig_text``
+    where the normalised texts cannot be lined up)."""
+    whole = (0, len(orig_text))
     tok_text = " ".join(_basic_tokenizer(do_lower_case)(orig_text))
     start = tok_text.find(pred_text)
     if start == -1:
-        return orig_text
+        return whole
     end = start + len(pred_text) - 1
     # Characters are matched up by their rank among the non-space characters, which is only
     # meaningful if normalisation kept every non-space character.
     if len(orig_text) - orig_text.count(" ") != len(tok_text) - tok_text.count(" "):
-        return orig_text
+        return whole
     if tok_text[start] == " " or tok_text[end] == " ":
-        return orig_text
-    ns_start = start - tok_text.count(" ", 0, start)
-    ns_end = end - tok_text.count(" ", 0, end)
+        return whole
     orig_positions = [i for i, ch in enumerate(orig_text) if ch != " "]
-    return orig_text[orig_positions[ns_start] : orig_positions[ns_end] + 1]
+    return (orig_positions[start - tok_text.count(" ", 0, start)],
+            orig_positions[end - tok_text.count(" ", 0, end)] + 1)
 
 
 def _top_indexes(logits: np.ndarray, n: int) -> np.ndarray:
