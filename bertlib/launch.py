@@ -262,6 +262,16 @@ def _stop_ranks(ranks: list[_Rank]):
         r.proc.wait()
 
 
+def _listen_on_all(port: int) -> socket.socket:
+    """A server on every address of this machine, IPv6 as well where it has it."""
+    if socket.has_dualstack_ipv6():
+        try:
+            return socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        except OSError:
+            pass  # IPv6 switched off here
+    return socket.create_server(("", port))
+
+
 class _NodeWatch:
     """The launchers of a multi-node job watch each other over one TCP connection per node.
 
@@ -285,7 +295,7 @@ class _NodeWatch:
     def start(self):
         if self.node_rank == 0:
             try:
-                self._server = socket.create_server(("", self.port))
+                self._server = _listen_on_all(self.port)
             except OSError as exc:
                 raise NodeListError(f"cannot listen on port {self.port} (--master_port + 1), where node 0 "
                                     f"watches the other nodes: {exc.strerror}") from None
