@@ -128,3 +128,22 @@ def test_two_ranks_read_disjoint_parts(tmp_path):
     assert {i % 4 for i in ranks[0]["seen"]} == {0, 1}
     assert {i % 4 for i in ranks[1]["seen"]} == {2, 3}
     assert ranks[0]["records"] == ranks[1]["records"] == 12 and ranks[0]["steps_per_epoch"] == 4
+
+
+def test_each_schema_brings_its_value_ranges(tmp_path):
+    """bertlib.schemas is the one place the ranges live: loaders and validators check them."""
+    from bertlib.schemas import pretraining_schema as schema_of, squad_schema
+
+    seq = 16
+    record = {"input_ids": np.full(seq, 7, np.int32), "input_mask": np.ones(seq, np.int32),
+              "segment_ids": np.zeros(seq, np.int32), "start_positions": np.array([3], np.int32),
+              "end_positions": np.array([seq], np.int32)}   # one past the last position
+    write_shards([record], tmp_path, 1)
+    train = squad_schema(seq, is_training=True)
+    assert train.id_features == ("input_ids",) and train.value_ranges["end_positions"] == (0, seq)
+    with pytest.raises(DataError, match="end_positions"):
+        train.validate(tmp_path, 1, vocab_size=30)
+    with pytest.raises(DataError, match="end_positions"):
+        SquadLoader(tmp_path, batch_size=1, seq_length=seq, vocab_size=30)
+    assert schema_of(SEQ, PRED).value_ranges["masked_lm_positions"] == (0, SEQ)
+    assert pretraining_schema is schema_of  # the old import path is the same function
