@@ -252,17 +252,16 @@ def launch(options: PretrainingOptions, nproc_per_node: int = 2, node_num: int =
 
     Everything is validated here first (a ValueError before any process starts); the ranks print
     their log through this process's stdout, and the records come back from ``log_dir``'s
-    metrics.jsonl (rank 0 writes it). Raises :class:`LaunchError` when a rank fails. The
+    metrics.jsonl (rank 0 writes it; without a ``log_dir`` there are none). Raises :class:`LaunchError` when a rank fails. The
     trained weights are in ``model_save_dir`` when the options save checkpoints.
     ``validate=False``: the options come from :func:`prepare` already.
     """
-    if not options.log_dir:
-        raise ValueError("launch() reads the records from log_dir: give one")
     prepared = prepare(options, nproc_per_node * node_num, validate=validate)
     launch_ranks("pretraining", dataclasses.asdict(prepared.options), nproc_per_node, node_num,
                  node_list, master_port, relay_stdout=relay_stdout)
     opts = prepared.options
-    return PretrainingResult(read_metrics(opts.log_dir), prepared.config, opts, log_dir=opts.log_dir)
+    records = read_metrics(opts.log_dir) if opts.log_dir else []   # no log_dir: no records kept
+    return PretrainingResult(records, prepared.config, opts, log_dir=opts.log_dir)
 
 
 def rank_main(payload: dict):
