@@ -252,8 +252,9 @@ def launch(options: PretrainingOptions, nproc_per_node: int = 2, node_num: int =
 
     Everything is validated here first (a ValueError before any process starts); the ranks print
     their log through this process's stdout, and the records come back from ``log_dir``'s
-    metrics.jsonl (rank 0 writes it; without a ``log_dir`` there are none). Raises :class:`LaunchError` when a rank fails. The
-    trained weights are in ``model_save_dir`` when the options save checkpoints.
+    metrics.jsonl (rank 0 writes it; without a ``log_dir`` there are none). Raises
+    :class:`LaunchError` when a rank fails. The trained weights are in ``model_save_dir`` when the
+    options save checkpoints.
     ``validate=False``: the options come from :func:`prepare` already.
     """
     prepared = prepare(options, nproc_per_node * node_num, validate=validate)
