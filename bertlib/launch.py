@@ -457,7 +457,8 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
     The ranks inherit this process's stdout, or with ``relay_stdout`` write it through this
     process's ``sys.stdout`` (a notebook shows only what goes through there). Returns 0 only if
     every rank succeeded; 2 if the job cannot start (the reason is printed, no traceback); the failed
-    rank's exit status; or 128 + N after signal N stopped the job.
+    rank's exit status; 1 when another node of the job ended first; or 128 + N after signal N
+    stopped the job.
     """
     prog = _prog()
     try:
@@ -478,7 +479,6 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
     env.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
                WORLD_SIZE=str(nproc_per_node * node_num))
     cmd = [sys.executable, "-u", "-m", module, *argv]
-    preexec = _rank_preexec()
     watch = _NodeWatch(node_rank, nodes, master_port + 1) if nodes else None
     ranks: list[_Rank] = []
     lost: list[int] = []
@@ -487,8 +487,45 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
     relays = [threading.Thread(target=_relay_stderr, args=(err_read, lost), daemon=True)]
     if relay_stdout:
         relays.append(threading.Thread(target=_relay_stdout, args=(out_read,), daemon=True))
+    try:
+        failed, stopped_by = _run_ranks(prog, cmd, env, node_rank, nproc_per_node, ranks, relays,
+                                        err_write, out_write, watch, lost, nodes)
+    except NodeListError as exc:  # node 0 cannot watch the others
+        _say(prog, f"error: {exc}")
+        return 2
+    except BaseException:
+        if watch is not None:
+            watch.close("failed its launcher crashed")
+        raise
+    message = None
+    if stopped_by is not None:
+        outcome, code = f"failed stopped by {signal.Signals(stopped_by).name}", 128 + stopped_by
+    elif watch is not None and watch.events and (failed is None or failed.proc.returncode == -signal.SIGABRT):
+        # another node ended first; an abort of ours is OneFlow's reaction to that, not the cause
+        node, what = watch.events[0]
+        message = f"{watch.name(node)} {what}; this node's ranks were stopped"
+        if failed is not None:
+            message += f" ({_failure_message(failed, lost, nproc_per_node, nodes, short=True)})"
+        outcome, code = f"failed stopped after {watch.name(node)} {what}", 1
+    elif failed is not None:
+        message = _failure_message(failed, lost, nproc_per_node, nodes)
+        outcome, code = f"failed {message}", _exit_status(failed.proc.returncode)
+        message += "; the other ranks of this node were stopped"
+    else:
+        outcome, code = "done", 0
+    if watch is not None:
+        watch.close(outcome)
+    if message:
+        _say(prog, message)
+    return code
+
+
+def _run_ranks(prog, cmd, env, node_rank, nproc_per_node, ranks, relays, err_write, out_write, watch,
+               lost, nodes):
+    """Start the ranks and wait: (the first failed rank or None, the stop signal's number or None).
+    Every rank is gone when this returns, whatever happened."""
+    failed = stopped_by = None
     with _stop_signals() as stopping:
-        failed = stopped_by = refused = None
         try:
             # A stop signal handled between a fork and the rank's entry in `ranks` would leave that
             # rank unseen by the clean-up: hold the signals until every rank is listed. The threads
@@ -499,6 +536,7 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
                     relay.start()
                 if watch is not None:
                     watch.start()
+                preexec = _rank_preexec()
                 for local in range(nproc_per_node):
                     rank = node_rank * nproc_per_node + local
                     proc = subprocess.Popen(cmd, env=dict(env, RANK=str(rank), LOCAL_RANK=str(local)),
@@ -509,6 +547,7 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
             failed = _first_failure(ranks, watch)
             if failed is not None and watch is not None:
+                # the other nodes hear it now, not after the clean-up below
                 watch.tell(f"failed {_failure_message(failed, lost, nproc_per_node, nodes, short=True)}")
                 if failed.proc.returncode == -signal.SIGABRT:
                     # OneFlow aborts a rank when a peer is gone: if that is what happened, the
@@ -519,9 +558,10 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
         except _Stop as stop:
             stopped_by = stop.signum
             stopping()
-            _say(prog, f"{signal.Signals(stop.signum).name} received: stopping the ranks")
-        except NodeListError as exc:
-            refused = exc
+            name = signal.Signals(stop.signum).name
+            if watch is not None:
+                watch.tell(f"failed stopped by {name}")
+            _say(prog, f"{name} received: stopping the ranks")
         finally:
             stopping()
             _stop_ranks(ranks)
@@ -530,31 +570,7 @@ def run_launcher(module: str, argv: list[str], nproc_per_node: int, node_num: in
                     os.close(fd)  # the relays end once the ranks' copies are closed too
             for relay in relays:
                 relay.join(timeout=5)
-    peer_first = failed is None or failed.proc.returncode == -signal.SIGABRT
-    if watch is not None and watch.events and peer_first:
-        node, what = watch.events[0]
-        message = f"{watch.name(node)} {what}; this node's ranks were stopped"
-        if failed is not None:
-            message += f" ({_failure_message(failed, lost, nproc_per_node, nodes, short=True)})"
-        watch.close(f"failed stopped after {watch.name(node)} {what}")
-        _say(prog, message)
-        return 1
-    if refused is not None:
-        _say(prog, f"error: {refused}")
-        return 2
-    if stopped_by is not None:
-        if watch is not None:
-            watch.close(f"failed stopped by {signal.Signals(stopped_by).name}")
-        return 128 + stopped_by
-    if failed is not None:
-        message = _failure_message(failed, lost, nproc_per_node, nodes)
-        if watch is not None:
-            watch.close(f"failed {message}")
-        _say(prog, message + "; the other ranks of this node were stopped")
-        return _exit_status(failed.proc.returncode)
-    if watch is not None:
-        watch.close("done")
-    return 0
+    return failed, stopped_by
 
 
 # printf'd by OneFlow's C++ core at import in every rank; says nothing useful
