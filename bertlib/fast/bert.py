@@ -19,7 +19,7 @@ class SelfAttention(layers.DropIn, BertSelfAttention):
         """hidden float32 [B, S, H], mask_bias float32 [B, 1, 1, S] -> context float32 [B, S, H],
         attention probabilities float32 [B, N, S, S] (as the parent)."""
         if not ops.applies(self.kernels, hidden):
-            return super().forward(hidden, mask_bias)
+            return BertSelfAttention.forward(self, hidden, mask_bias)  # not super(): see .layers
         B, S, H = hidden.shape
         N, D = self.num_heads, self.head_size
         # the three weights side by side: one [B, S, 3H] matmul instead of three [B, S, H] ones
@@ -37,7 +37,7 @@ class LMPredictionHead(layers.DropIn, BertLMPredictionHead):
 
     def forward(self, hidden, word_embeddings):  # [..., H], [V, H] -> [..., V]
         if not ops.applies(self.kernels, hidden):
-            return super().forward(hidden, word_embeddings)
+            return BertLMPredictionHead.forward(self, hidden, word_embeddings)
         return ops.linear(self.transform(hidden), word_embeddings, self.bias)
 
 

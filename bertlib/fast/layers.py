@@ -4,6 +4,9 @@ Each keeps its parent's parameters (same names, same tensors) and only changes `
 ``BertConfig.kernels`` says so (see :func:`bertlib.fast.oneflow_ops.applies`) it calls the
 formulation of :mod:`bertlib.fast.oneflow_ops` or :mod:`bertlib.fast.numpy_ops`, elsewhere the
 parent's own forward. A module becomes one in place, with :meth:`DropIn.adopt`.
+
+The forwards name their parent class instead of calling ``super()``: inside nn.Graph, ``self`` is
+the graph's proxy of the module, not an instance of the class.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ class Linear(DropIn, nn.Linear):
     def forward(self, x):  # float32 [..., in] -> [..., out]
         if ops.applies(self.kernels, x):
             return ops.linear(x, self.weight, self.bias)
-        return super().forward(x)
+        return nn.Linear.forward(self, x)
 
 
 class LayerNorm(DropIn, nn.LayerNorm):
@@ -42,7 +45,7 @@ class LayerNorm(DropIn, nn.LayerNorm):
     def forward(self, x):  # float32 [..., H] -> [..., H]
         if ops.applies(self.kernels, x):
             return ops.layer_norm(x, self.weight, self.bias, self.eps)
-        return super().forward(x)
+        return nn.LayerNorm.forward(self, x)
 
 
 class GELU(DropIn, nn.GELU):
@@ -51,7 +54,7 @@ class GELU(DropIn, nn.GELU):
     def forward(self, x):  # float32 [..., K] -> [..., K]
         if ops.applies(self.kernels, x):
             return ops.gelu(x)
-        return super().forward(x)
+        return nn.GELU.forward(self, x)
 
 
 class Dropout(DropIn, nn.Dropout):
@@ -77,7 +80,7 @@ class Dropout(DropIn, nn.Dropout):
         if not self.training or self.p == 0.0:
             return x
         if not ops.eager_on_cpu(x):
-            return super().forward(x)
+            return nn.Dropout.forward(self, x)
         # autograd differentiates the product: dx = dy * mask
         return x * flow.from_numpy(numpy_ops.dropout_mask(self.p, self.generator, self.stream, x.shape))
 
