@@ -178,6 +178,13 @@ def test_a_machine_in_none_of_the_entries_is_told_what_to_do(no_override):
         launch.node_rank_from_list(f"no-such-host.invalid,{ELSEWHERE[0]}", 2)
 
 
+def test_a_machine_that_answers_to_several_entries_must_say_which(no_override, monkeypatch):
+    # as on a machine with net.ipv4.ip_nonlocal_bind=1, where any address binds
+    monkeypatch.setattr(launch, "_answers_here", lambda sockaddrs: True)
+    with pytest.raises(launch.NodeListError, match="answers to several --node_list entries .*BERTLIB_NODE_RANK="):
+        launch.node_rank_from_list(",".join(ELSEWHERE), 2)
+
+
 def test_the_override_is_checked(monkeypatch):
     monkeypatch.setenv(launch.NODE_RANK_ENV, "1")
     assert launch.node_rank_from_list(",".join(ELSEWHERE), 2) == (1, ELSEWHERE[0])
