@@ -1,7 +1,7 @@
 """Start this node's processes (one per device), supervise them, and make the job end as a whole.
 
-The seed's flags describe the job: ``gpu_num_per_node`` processes on each of ``node_num`` machines
-listed in ``node_list``. :func:`run_launcher` starts this node's processes with the environment
+The flags of OneFlow-Benchmark's run_pretraining.py describe the job: ``gpu_num_per_node``
+processes on each of ``node_num`` machines listed in ``node_list``. :func:`run_launcher` starts this node's processes with the environment
 ``python -m oneflow.distributed.launch`` would give them (MASTER_ADDR, MASTER_PORT, WORLD_SIZE,
 RANK, LOCAL_RANK) and watches them. With ``--device cpu`` the same processes run on CPU cores: one
 process per core is how OneFlow uses more than one core, since its CPU kernels are single-threaded.
@@ -49,7 +49,7 @@ import traceback
 
 IN_RANK_ENV = "BERTLIB_IN_LAUNCH"
 NODE_RANK_ENV = "BERTLIB_NODE_RANK"
-MULTI_NODE_PORT = 29500  # the seed's and OneFlow's default: every node must agree without talking
+MULTI_NODE_PORT = 29500  # OneFlow-Benchmark's and OneFlow's default: every node must agree without talking
 STOP_GRACE_SECONDS = 5.0  # SIGTERM first, SIGKILL after this
 _POLL_SECONDS = 0.2
 
@@ -139,7 +139,7 @@ def _interface_addresses() -> list[str]:
 
 
 def node_rank_from_list(node_list: str | None, node_num: int) -> tuple[int, str]:
-    """(node_rank of this machine, master address) from the seed's comma-separated ``node_list``."""
+    """(node_rank of this machine, master address) from the comma-separated ``node_list`` flag."""
     if node_num == 1:
         return 0, "127.0.0.1"
     nodes = parse_node_list(node_list, node_num)

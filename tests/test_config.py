@@ -1,4 +1,4 @@
-"""BertConfig: presets, parameter counts of live models, config.json round trips, seed CLI flags."""
+"""BertConfig: presets, parameter counts of live models, config.json round trips, OneFlow-Benchmark's CLI flags."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +50,8 @@ def test_preset_parameter_counts_match_transformers(preset, hf_counts):
 
 def test_preset_sizes_are_the_papers(hf_counts):
     base, large = hf_counts["base"]["BertForPreTraining"], hf_counts["large"]["BertForPreTraining"]
-    assert 109e6 < base < 111e6           # the seed's "110M"
-    assert 334e6 < large < 341e6          # the seed's "330M", the paper's "340M" (see notebook 01)
+    assert 109e6 < base < 111e6           # OneFlow-Benchmark's README: "110M"
+    assert 334e6 < large < 341e6          # the README's "330M", the paper's "340M" (see notebook 01)
     b, l = BertConfig.base(), BertConfig.large()
     assert (b.num_hidden_layers, b.hidden_size, b.num_attention_heads, b.intermediate_size) == (12, 768, 12, 4 * 768)
     assert (l.num_hidden_layers, l.hidden_size, l.num_attention_heads, l.intermediate_size) == (24, 1024, 16, 4 * 1024)

@@ -1,4 +1,5 @@
-"""bert-pretrain as a user runs it: the seed's flags, config block and log line; errors before launch."""
+"""bert-pretrain as a user runs it: the flags, config block and log line of OneFlow-Benchmark's
+run_pretraining.py; errors before launch."""
 import json
 import re
 import subprocess
@@ -40,7 +41,7 @@ def shards(tmp_path_factory):
     return out
 
 
-def test_help_documents_every_seed_flag():
+def test_help_documents_every_original_flag():
     proc = pretrain("--help")
     assert proc.returncode == 0
     for flag in SEED_FLAGS + ["device", "mode", "optimizer", "num_accumulation_steps", "seed", "config"]:
@@ -50,7 +51,7 @@ def test_help_documents_every_seed_flag():
     assert "(default: None)" not in text
 
 
-def test_single_process_run_prints_the_seeds_format(shards, tmp_path):
+def test_single_process_run_prints_the_original_format(shards, tmp_path):
     proc = pretrain("--device", "cpu", "--data_dir", shards, "--vocab_file", DATA.vocab,
                     "--iter_num", 6, "--loss_print_every_n_iter", 3, "--log_dir", tmp_path, *SMALL_MODEL)
     assert proc.returncode == 0, proc.stderr
