@@ -1,8 +1,8 @@
 """Start this node's processes (one per device), supervise them, and make the job end as a whole.
 
 The flags of OneFlow-Benchmark's run_pretraining.py describe the job: ``gpu_num_per_node``
-processes on each of ``node_num`` machines listed in ``node_list``. :func:`run_launcher` starts this node's processes with the environment
-``python -m oneflow.distributed.launch`` would give them (MASTER_ADDR, MASTER_PORT, WORLD_SIZE,
+processes on each of ``node_num`` machines listed in ``node_list``. :func:`run_launcher` starts
+this node's processes with the environment ``python -m oneflow.distributed.launch`` would give them (MASTER_ADDR, MASTER_PORT, WORLD_SIZE,
 RANK, LOCAL_RANK) and watches them. With ``--device cpu`` the same processes run on CPU cores: one
 process per core is how OneFlow uses more than one core, since its CPU kernels are single-threaded.
 
