@@ -2,9 +2,10 @@
 
 The flags of OneFlow-Benchmark's run_pretraining.py describe the job: ``gpu_num_per_node``
 processes on each of ``node_num`` machines listed in ``node_list``. :func:`run_launcher` starts
-this node's processes with the environment ``python -m oneflow.distributed.launch`` would give
-them (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK) and watches them. With ``--device cpu`` the same processes run on CPU cores: one
-process per core is how OneFlow uses more than one core, since its CPU kernels are single-threaded.
+this node's processes with the environment ``python -m oneflow.distributed.launch`` would give them
+(MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK) and watches them. With ``--device cpu``
+the same processes run on CPU cores: one process per core is how OneFlow uses more than one core,
+since its CPU kernels are single-threaded.
 
 We start the ranks ourselves rather than through OneFlow's launcher because that launcher names a
 failed process by PID only (and then raises a traceback of its own), cannot tie its ranks' lives
