@@ -12,9 +12,16 @@ rather than code:
 
 Heads that the checkpoint lacks (a SQuAD head on a pre-trained encoder) keep their fresh
 initialisation and are listed in a warning, as ``transformers`` does.
+
+A saved directory also carries the tokenizer the model was trained with, when the model knows it
+(:meth:`PretrainedMixin.set_tokenizer`, which the tasks call): ``vocab.txt``,
+``tokenizer_config.json`` and ``special_tokens_map.json``. Without them
+``transformers.AutoTokenizer`` silently builds a tokenizer of the special tokens alone, and every
+bertlib command that takes the directory would need ``--vocab_file`` again.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -24,6 +31,12 @@ from .config import BertConfig
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+VOCAB_NAME = "vocab.txt"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_NAME = "special_tokens_map.json"
+TOKENIZER_FILES = (VOCAB_NAME, TOKENIZER_CONFIG_NAME, SPECIAL_TOKENS_MAP_NAME)
+_SPECIAL_TOKENS_MAP = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                       "cls_token": "[CLS]", "mask_token": "[MASK]"}
 
 _IGNORED_SUFFIXES = ("position_ids", "token_type_ids")  # non-learned buffers in HF checkpoints
 _TIED = {
@@ -92,6 +105,41 @@ def resolve_checkpoint_dir(path) -> tuple[Path, Path]:
     return config, weights
 
 
+def _write_atomic(path: Path, data: bytes):
+    # a reader (another rank, a notebook) never sees half a file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_tokenizer_files(path, vocab_file, do_lower_case: bool, model_max_length: int) -> list[Path]:
+    """Put BERT's tokenizer files in ``path``: what ``AutoTokenizer.from_pretrained(path)`` reads.
+
+    ``vocab.txt`` is copied from ``vocab_file`` (checked first: it must hold the special tokens);
+    ``tokenizer_config.json`` records ``do_lower_case`` (accents are stripped with it, as
+    bertlib's tokenizer does) and ``model_max_length`` (the model's position embeddings).
+    Returns the paths written.
+    """
+    import json
+
+    from .tokenization import read_vocab
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    read_vocab(vocab_file)
+    source = Path(vocab_file).expanduser()
+    target = path / VOCAB_NAME
+    if not (target.exists() and target.resolve() == source.resolve()):
+        _write_atomic(target, source.read_bytes())
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": bool(do_lower_case),
+              "strip_accents": None, "tokenize_chinese_chars": True,
+              "model_max_length": int(model_max_length), **_SPECIAL_TOKENS_MAP}
+    _write_atomic(path / TOKENIZER_CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+    _write_atomic(path / SPECIAL_TOKENS_MAP_NAME,
+                  (json.dumps(_SPECIAL_TOKENS_MAP, indent=2) + "\n").encode())
+    return [path / name for name in TOKENIZER_FILES]
+
+
 class PretrainedMixin:
     """``from_pretrained`` / ``save_pretrained`` for the bertlib models (mixed into nn.Module)."""
 
@@ -139,8 +187,23 @@ class PretrainedMixin:
         model.unused_checkpoint_tensors = unused  # e.g. the pooler when loading a SQuAD model
         return model
 
-    def save_pretrained(self, path) -> Path:
-        """Write config.json + model.safetensors that ``transformers`` and ``from_pretrained`` read."""
+    def set_tokenizer(self, vocab_file, do_lower_case: bool):
+        """Record the vocab and lower-casing this model reads, so that every directory
+        :meth:`save_pretrained` writes (checkpoints included) carries the tokenizer files."""
+        from .tokenization import read_vocab
+
+        read_vocab(vocab_file)  # a bad vocab fails now, not at the first checkpoint hours later
+        # object.__setattr__: a plain value, not something nn.Module should track
+        object.__setattr__(self, "tokenizer_source",
+                           (str(Path(vocab_file).expanduser().resolve()), bool(do_lower_case)))
+        return self
+
+    def save_pretrained(self, path, vocab_file=None, do_lower_case: bool | None = None) -> Path:
+        """Write config.json + model.safetensors that ``transformers`` and ``from_pretrained`` read.
+
+        The tokenizer files go with them when ``vocab_file`` is given or :meth:`set_tokenizer`
+        was called (``do_lower_case`` None: as recorded there, else True).
+        """
         from safetensors.numpy import save_file
 
         path = Path(path)
@@ -164,4 +227,11 @@ class PretrainedMixin:
         data = json.loads(text)
         data["architectures"] = [type(self).__name__]
         (path / CONFIG_NAME).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        recorded = getattr(self, "tokenizer_source", None)
+        if vocab_file is None and recorded is not None:
+            vocab_file = recorded[0]
+        if do_lower_case is None:
+            do_lower_case = recorded[1] if recorded is not None else True
+        if vocab_file is not None:
+            save_tokenizer_files(path, vocab_file, do_lower_case, self.config.max_position_embeddings)
         return path

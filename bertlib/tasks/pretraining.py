@@ -47,14 +47,15 @@ class PretrainingOptions:
     # data
     data_dir: str | None = None            # OFRecord parts (None: build the embedded corpus)
     data_part_num: int | None = None       # part files in data_dir (None: count them)
-    vocab_file: str | None = None          # vocab.txt of the data; only to infer vocab_size
-    seq_length: int = 128                  # tokens per sequence in the data
-    max_predictions_per_seq: int = 20      # masked positions per sequence in the data
+    vocab_file: str | None = None          # vocab.txt of the data (None: bertlib_data.json's)
+    seq_length: int | None = None          # tokens per sequence (None: bertlib_data.json's, else 128)
+    max_predictions_per_seq: int | None = None  # masked positions (None: bertlib_data.json's, else 20)
     # logging and checkpoints
     loss_print_every_n_iter: int = 20      # log period in iterations
     model_save_every_n_iter: int = 0       # checkpoint period (0: never)
     model_save_dir: str | None = "./runs/pretrain/checkpoints"  # checkpoint directory
     save_last_snapshot: bool = False       # checkpoint after the last iteration
+    keep_last_n: int | None = None         # keep only the newest N checkpoints (None: all)
     model_load_dir: str | None = None      # checkpoint (step_N) or directory to resume from
     log_dir: str | None = "./runs/pretrain"  # metrics.jsonl goes here
     progress: bool = True                  # a progress bar when stderr is a terminal
@@ -72,8 +73,8 @@ class PretrainingOptions:
     def check(self, world: int = 1):
         """Raise ValueError on settings no run can use (before any data is touched)."""
         for name in ("batch_size_per_device", "iter_num", "loss_print_every_n_iter",
-                     "num_accumulation_steps", "seq_length", "max_predictions_per_seq"):
-            if getattr(self, name) < 1:
+                     "num_accumulation_steps", "seq_length", "max_predictions_per_seq", "keep_last_n"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)})")
         if self.warmup_batches is not None and self.warmup_batches < 0:
             raise ValueError("--warmup_batches must be >= 0")
@@ -127,8 +128,39 @@ def resolve_config(options: PretrainingOptions, vocab_size: int | None = None):
     return config
 
 
+def data_metadata(data_dir) -> dict:
+    """What ``bert-make-pretraining-data`` recorded in ``data_dir/bertlib_data.json`` ({} if none)."""
+    import json
+
+    from ..pretraining_data import METADATA_FILE
+
+    try:
+        meta = json.loads((Path(data_dir) / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _data_shape(options: PretrainingOptions, meta: dict, data_dir) -> dict:
+    """seq_length and max_predictions_per_seq: the flag, else the data's record, else 128 / 20.
+
+    A flag that contradicts the record is an error: the reader would frame every record wrongly.
+    """
+    shape = {}
+    for name, default in (("seq_length", 128), ("max_predictions_per_seq", 20)):
+        given, recorded = getattr(options, name), meta.get(name)
+        if given is not None and recorded is not None and given != recorded:
+            raise ValueError(f"--{name} {given} contradicts the data: {data_dir} was made with "
+                             f"{name} {recorded} (bertlib_data.json); leave --{name} out")
+        shape[name] = given if given is not None else recorded if recorded is not None else default
+    return shape
+
+
 def _resolve_data(options: PretrainingOptions) -> tuple[Path, int, int | None]:
-    """(data_dir, data_part_num, vocab size or None), building the default data when none is given."""
+    """(data_dir, data_part_num, vocab size or None), building the default data when none is given.
+
+    ``options`` must have its data shape resolved (:func:`_data_shape`).
+    """
     from ..tokenization import read_vocab
 
     vocab_file = options.vocab_file
@@ -168,7 +200,14 @@ def prepare(options: PretrainingOptions, world: int = 1, validate: bool = True) 
     from ..schemas import pretraining_schema
 
     options.check(world)
+    meta = data_metadata(options.data_dir) if options.data_dir else {}
+    options = dataclasses.replace(options, **_data_shape(options, meta, options.data_dir),
+                                  vocab_file=options.vocab_file or _recorded_vocab(meta))
     data_dir, parts, vocab_size = _resolve_data(options)
+    if options.vocab_file is None and options.data_dir is None:
+        from ..resources import default_vocab
+
+        options = dataclasses.replace(options, vocab_file=str(default_vocab()))
     if validate:
         pretraining_schema(options.seq_length, options.max_predictions_per_seq).validate(
             data_dir, parts, num_ranks=world, vocab_size=vocab_size)
@@ -184,6 +223,33 @@ def prepare(options: PretrainingOptions, world: int = 1, validate: bool = True) 
         options, data_dir=str(data_dir), data_part_num=parts, vocab_size=config.vocab_size, mode=mode,
         warmup_batches=warmup if warmup is not None else max(1, options.iter_num // 10))
     return Prepared(resolved, config)
+
+
+def _recorded_vocab(meta: dict) -> str | None:
+    """The vocab file bertlib_data.json names, if it is still there."""
+    path = meta.get("vocab_file")
+    return path if isinstance(path, str) and Path(path).is_file() else None
+
+
+def tokenizer_of(options: PretrainingOptions) -> tuple[str, bool] | None:
+    """(vocab file, lower-cased) of the run's data, for the tokenizer files saved with the model.
+
+    Lower-casing as the data recorded it, else as the vocab's case says (an uncased vocab has no
+    capitalised tokens); None when the run names no vocab.
+    """
+    if not options.vocab_file:
+        return None
+    from ..squad.features import check_vocab_case
+    from ..tokenization import read_vocab
+
+    settings = data_metadata(options.data_dir).get("settings", {}) if options.data_dir else {}
+    lowercase = settings.get("lowercase") if isinstance(settings, dict) else None
+    if not isinstance(lowercase, bool):
+        try:
+            lowercase = check_vocab_case(read_vocab(options.vocab_file), True)  # raises if cased
+        except ValueError:
+            lowercase = False
+    return str(options.vocab_file), lowercase
 
 
 def log_line(r: dict) -> str:
@@ -234,6 +300,9 @@ def run(options: PretrainingOptions, validate: bool = True) -> PretrainingResult
               f"{world} process(es); global batch {batch}", flush=True)
     flow.manual_seed(opts.seed)
     model = BertForPreTraining(config)
+    tokenizer = tokenizer_of(opts)
+    if tokenizer is not None:  # checkpoints then open in AutoTokenizer and chain into bert-squad
+        model.set_tokenizer(*tokenizer)
     train_options = TrainOptions.from_options(opts, run_args=dataclasses.asdict(opts))
     trainer = Trainer(model, pretraining_step_loss, lambda: _batches(opts, device), train_options,
                       device=device, metric_names=METRIC_NAMES, log_line=log_line)

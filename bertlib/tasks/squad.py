@@ -541,6 +541,9 @@ def run(options: SquadOptions, info: dict | None = None) -> dict:
     device = runtime.resolve_device(options.device)
     Path(options.output_dir).mkdir(parents=True, exist_ok=True)
     model, note = load_qa_model(info["model_dir"], seed=options.seed)
+    # output_dir/model and the step_N checkpoints then carry the tokenizer: bert-squad-answer and
+    # AutoTokenizer open them without a --vocab_file
+    model.set_tokenizer(info["vocab_file"], options.do_lower_case)
     if runtime.is_main_process():
         _describe(model, note, info, device, world)
     results: dict = {"init_checkpoint": info["model_dir"], "world_size": world}
