@@ -128,3 +128,31 @@ def load_checkpoint(path, model, optimizer, config: BertConfig) -> dict:
     optimizer.load_state_dict(opt_state)
     state["path"] = str(ckpt)
     return state
+
+
+def prune_checkpoints(save_dir, keep_last_n: int) -> list[Path]:
+    """Delete all but the ``keep_last_n`` highest-numbered ``step_N`` of ``save_dir``; return them.
+
+    The checkpoint ``latest`` names is never deleted, even when it is not among the highest
+    numbers (a run resumed from an earlier step saves smaller numbers again). Each one is renamed
+    to a hidden name before it is removed, so a crash midway never leaves a half-deleted
+    ``step_N`` that looks like a checkpoint. Call on rank 0 only.
+    """
+    if keep_last_n < 1:
+        raise ValueError(f"keep_last_n must be >= 1 (got {keep_last_n})")
+    save_dir = Path(save_dir)
+    steps = sorted((p for p in save_dir.glob("step_*")
+                    if p.is_dir() and p.name[len("step_"):].isdigit()),
+                   key=lambda p: int(p.name[len("step_"):]))
+    pointer = save_dir / "latest"
+    latest = pointer.read_text().strip() if pointer.is_file() else None
+    removed = []
+    for path in steps[:-keep_last_n]:
+        if path.name == latest:
+            continue
+        doomed = save_dir / f".{path.name}.deleting"
+        shutil.rmtree(doomed, ignore_errors=True)
+        path.rename(doomed)
+        shutil.rmtree(doomed)
+        removed.append(path)
+    return removed

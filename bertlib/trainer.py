@@ -50,6 +50,7 @@ class TrainOptions:
     model_save_every_n_iter: int = 0      # checkpoint period (0: never)
     save_last_snapshot: bool = False      # checkpoint after the last step
     model_save_dir: str | None = None     # where checkpoints go
+    keep_last_n: int | None = None        # keep only the newest N checkpoints (None: all)
     model_load_dir: str | None = None     # checkpoint to resume from
     log_dir: str | None = None            # metrics.jsonl goes here
     progress: bool = True                 # a progress bar when stderr is a terminal
@@ -270,7 +271,10 @@ class Trainer:
         record = {"iter": step, **dict(zip(self.metric_names, values)),
                   "sec_per_batch": sec_per_batch,
                   "sentences_per_sec": self.global_batch / sec_per_batch,
-                  "learning_rate": lr, "time": time.time()}
+                  "learning_rate": lr,
+                  # this interval's speed over the steps left (checkpoint saving not counted)
+                  "eta_seconds": (self.opt.iter_num - step - 1) * sec_per_batch,
+                  "time": time.time()}
         self.records.append(record)
         if self.rank == 0:
             line = self.log_line(record)
@@ -289,6 +293,11 @@ class Trainer:
                                    {"consumed_batches": self.consumed_batches, "seed": self.opt.seed,
                                     "world_size": self.world, "args": self.opt.run_args})
             self._print(f"Saved checkpoint {path}")
+            if self.opt.keep_last_n:
+                from .checkpoint import prune_checkpoints
+
+                for old in prune_checkpoints(self.opt.model_save_dir, self.opt.keep_last_n):
+                    self._print(f"Removed checkpoint {old} (--keep_last_n {self.opt.keep_last_n})")
         if self.world > 1:
             self.flow.comm.barrier()
 

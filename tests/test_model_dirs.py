@@ -126,6 +126,7 @@ def test_pretrain_then_fine_tune_then_answer_with_no_vocab_flag(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert f"from {step_model}" in proc.stdout
     assert (out / "model" / "vocab.txt").read_bytes() == Path(data_vocab).read_bytes()
+    assert json.loads((out / "run_config.json").read_text())["inputs"]["model_dir"] == str(step_model)
 
     proc = cli("squad_answer", "--model_dir", out / "model", "--question", "Who wrote it?",
                "--context", "The module was written by Guido.", "--device", "cpu", "--json")

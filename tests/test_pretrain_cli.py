@@ -18,8 +18,10 @@ SEED_FLAGS = ("gpu_num_per_node node_num node_list learning_rate weight_decay_ra
               "model_load_dir log_dir seq_length max_predictions_per_seq num_hidden_layers "
               "num_attention_heads max_position_embeddings type_vocab_size vocab_size "
               "attention_probs_dropout_prob hidden_dropout_prob hidden_size_per_head").split()
+# run_pretraining.py's fields, exactly; bertlib's learning rate and time left may only follow them
 LOG_LINE = re.compile(r"^iter (\d+), total_loss: \d+\.\d{3}, mlm_loss: \d+\.\d{3}, nsp_loss: \d+\.\d{3}, "
-                      r"speed: \d+\.\d{3}\(sec/batch\), \d+\.\d{3}\(sentences/sec\)$")
+                      r"speed: \d+\.\d{3}\(sec/batch\), \d+\.\d{3}\(sentences/sec\)"
+                      r"(, lr: \d\.\d{2}e[-+]\d{2}, eta: (?:\d+d )?\d+:\d{2}:\d{2})?$")
 SMALL_MODEL = ["--num_hidden_layers", "1", "--num_attention_heads", "2", "--hidden_size_per_head", "16",
                "--batch_size_per_device", "4", "--no_progress"]
 
@@ -60,9 +62,12 @@ def test_single_process_run_prints_the_original_format(shards, tmp_path):
     assert "vocab_size = 30522" in out and "hidden_size_per_head = 16" in out
     logged = [LOG_LINE.match(line) for line in out if line.startswith("iter ")]
     assert [m.group(1) for m in logged if m] == ["2", "5"], out
+    assert all(m.group(2) for m in logged), out  # with the suffix
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["iter"] for r in records] == [2, 5]
     assert all(r["sentences_per_sec"] > 0 and r["total_loss"] > 0 for r in records)
+    assert records[0]["eta_seconds"] > 0 and records[-1]["eta_seconds"] == 0
+    assert logged[-1].group(0).endswith(", eta: 0:00:00")
 
 
 def test_too_few_parts_for_the_processes_is_refused_before_launch(shards):

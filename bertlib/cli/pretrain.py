@@ -63,14 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of part files in data_dir (default: count them); >= total processes")
     g.add_argument("--vocab_file", default=None,
                    help="vocab.txt matching the data; only needed to infer --vocab_size")
-    g.add_argument("--seq_length", type=int, default=128, help="tokens per sequence in the data")
-    g.add_argument("--max_predictions_per_seq", type=int, default=20,
-                   help="masked positions per sequence in the data")
+    g.add_argument("--seq_length", type=int, default=None,
+                   help="tokens per sequence in the data (default: as data_dir's bertlib_data.json "
+                        "records, else 128); a value the data contradicts is an error")
+    g.add_argument("--max_predictions_per_seq", type=int, default=None,
+                   help="masked positions per sequence in the data (default: as bertlib_data.json "
+                        "records, else 20)")
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--loss_print_every_n_iter", type=int, default=20, help="log period in iterations")
     g.add_argument("--model_save_every_n_iter", type=int, default=0, help="checkpoint period (0: never)")
     g.add_argument("--model_save_dir", default="./runs/pretrain/checkpoints", help="checkpoint directory")
     add_bool_flag(g, "save_last_snapshot", False, "save a checkpoint after the last iteration")
+    g.add_argument("--keep_last_n", type=int, default=None,
+                   help="keep only the newest N checkpoints (default: all); the one `latest` names "
+                        "is never deleted")
     g.add_argument("--model_load_dir", default="",
                    help="checkpoint (step_N) or checkpoint directory to resume from")
     g.add_argument("--log_dir", default="./runs/pretrain", help="metrics.jsonl is written here")
@@ -97,6 +103,8 @@ def resolved_settings(args, prepared) -> dict:
     """The flags as the run resolved them: the config block shows what runs, not what was left out."""
     config, opts = prepared.config, prepared.options
     return {**vars(args), "data_dir": opts.data_dir, "data_part_num": opts.data_part_num,
+            "vocab_file": opts.vocab_file, "seq_length": opts.seq_length,
+            "max_predictions_per_seq": opts.max_predictions_per_seq,
             "warmup_batches": opts.warmup_batches, "mode": opts.mode,
             "num_hidden_layers": config.num_hidden_layers,
             "num_attention_heads": config.num_attention_heads,

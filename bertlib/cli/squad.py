@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write resumable training checkpoints (step_N) here")
     g.add_argument("--model_save_every_n_iter", type=int, default=0,
                    help="checkpoint period with --model_save_dir (0: only after the last step)")
+    g.add_argument("--keep_last_n", type=int, default=None,
+                   help="keep only the newest N checkpoints in --model_save_dir (default: all)")
     g.add_argument("--model_load_dir", default=None,
                    help="resume an interrupted fine-tuning from this checkpoint (step_N)")
     g.add_argument("--no_progress", action="store_true", help="no progress bars")

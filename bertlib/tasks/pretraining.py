@@ -253,10 +253,21 @@ def tokenizer_of(options: PretrainingOptions) -> tuple[str, bool] | None:
 
 
 def log_line(r: dict) -> str:
-    """OneFlow-Benchmark's run_pretraining.py log line, with the two losses it sums."""
-    return (f"iter {r['iter']}, total_loss: {r['total_loss']:.3f}, mlm_loss: {r['mlm_loss']:.3f}, "
+    """OneFlow-Benchmark's run_pretraining.py log line, with the two losses it sums.
+
+    The learning rate and the time left follow the original fields, which keep their exact form:
+    scripts written for run_pretraining.py's output still parse the line.
+    """
+    from ..records import format_eta
+
+    line = (f"iter {r['iter']}, total_loss: {r['total_loss']:.3f}, mlm_loss: {r['mlm_loss']:.3f}, "
             f"nsp_loss: {r['nsp_loss']:.3f}, speed: {r['sec_per_batch']:.3f}(sec/batch), "
             f"{r['sentences_per_sec']:.3f}(sentences/sec)")
+    if "learning_rate" in r:
+        line += f", lr: {r['learning_rate']:.2e}"
+    if "eta_seconds" in r:
+        line += f", eta: {format_eta(r['eta_seconds'])}"
+    return line
 
 
 def pretraining_step_loss(model, batch):
@@ -298,6 +309,10 @@ def run(options: PretrainingOptions, validate: bool = True) -> PretrainingResult
         print(f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
               f"{config.num_attention_heads} heads, vocab {config.vocab_size}; device {device}; "
               f"{world} process(es); global batch {batch}", flush=True)
+    if runtime.is_main_process() and opts.log_dir:
+        from ..records import write_run_config
+
+        write_run_config(opts.log_dir, "pretraining", opts, world, model_config=config.to_dict())
     flow.manual_seed(opts.seed)
     model = BertForPreTraining(config)
     tokenizer = tokenizer_of(opts)

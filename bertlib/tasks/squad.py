@@ -102,6 +102,7 @@ class SquadOptions:
     model_save_dir: str | None = None      # also write resumable checkpoints (step_N) here
     model_save_every_n_iter: int = 0       # with model_save_dir (0: only after the last step)
     model_load_dir: str | None = None      # resume an interrupted fine-tuning from this step_N
+    keep_last_n: int | None = None         # keep only the newest N checkpoints (None: all)
     progress: bool = True                  # progress bars when stderr is a terminal
 
     def check(self):
@@ -134,7 +135,7 @@ def _check_counts(options: SquadOptions):
                  "n_best_size", "max_answer_length"):
         if getattr(options, name) < 1:
             raise UsageError(f"--{name} must be >= 1 (got {getattr(options, name)})")
-    for name in ("iter_num", "data_part_num", "max_train_examples", "max_eval_examples"):
+    for name in ("iter_num", "data_part_num", "max_train_examples", "max_eval_examples", "keep_last_n"):
         if getattr(options, name) is not None and getattr(options, name) < 1:
             raise UsageError(f"--{name} must be >= 1 (got {getattr(options, name)})")
     if not options.num_epochs > 0:
@@ -338,8 +339,11 @@ def train_steps(num_features: int, global_batch: int, num_epochs: float, cap: in
 
 
 def log_line(r: dict) -> str:
-    return (f"iter {r['iter']}, loss: {r['loss']:.3f}, lr: {r['learning_rate']:.2e}, "
+    from ..records import format_eta
+
+    line = (f"iter {r['iter']}, loss: {r['loss']:.3f}, lr: {r['learning_rate']:.2e}, "
             f"speed: {r['sec_per_batch']:.3f}(sec/batch), {r['sentences_per_sec']:.3f}(sentences/sec)")
+    return line + (f", eta: {format_eta(r['eta_seconds'])}" if "eta_seconds" in r else "")
 
 
 def _train_batches(options: SquadOptions, info: dict, device: str):
@@ -540,6 +544,12 @@ def run(options: SquadOptions, info: dict | None = None) -> dict:
         info = prepare(options, world, progress=options.progress and sys.stderr.isatty())
     device = runtime.resolve_device(options.device)
     Path(options.output_dir).mkdir(parents=True, exist_ok=True)
+    if runtime.is_main_process():
+        from ..records import write_run_config
+
+        write_run_config(options.output_dir, "squad", options, world,
+                         inputs={k: info.get(k) for k in ("model_dir", "vocab_file", "predict_file",
+                                                          "train_data_dir", "eval_data_dir")})
     model, note = load_qa_model(info["model_dir"], seed=options.seed)
     # output_dir/model and the step_N checkpoints then carry the tokenizer: bert-squad-answer and
     # AutoTokenizer open them without a --vocab_file
