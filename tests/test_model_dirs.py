@@ -159,10 +159,10 @@ TRANSFORMERS_CHECK = textwrap.dedent("""
         model, info = BertForQuestionAnswering.from_pretrained(qa_dir, output_loading_info=True)
         ids = torch.tensor([out["qa"]["ids"][0]])
         logits = model(input_ids=ids).start_logits
-        out["qa_model"] = {"missing": info["missing_keys"], "mismatched": [
+        out["qa_model"] = {"missing": sorted(info["missing_keys"]), "mismatched": [
             str(m) for m in info["mismatched_keys"]], "shape": list(logits.shape)}
         model, info = BertForPreTraining.from_pretrained(pretrain_dir, output_loading_info=True)
-        out["pretrain_model"] = {"missing": info["missing_keys"]}
+        out["pretrain_model"] = {"missing": sorted(info["missing_keys"])}
     print(json.dumps(out))
 """)
 
