@@ -187,12 +187,12 @@ def test_clis_make_validate_and_fail_in_one_line(tmp_path, capsys):
     corpus = BOOKS["blake-poems"]
     out = tmp_path / "data"
     assert make_pretraining_data.main(["--input", str(corpus), "--vocab_file", str(VOCAB), "--output_dir", str(out),
-                                       "--quiet"]) == 2
+                                       "--no_progress"]) == 2
     assert "only one document" in capsys.readouterr().err  # one book = one document: no random B possible
     corpus = [str(corpus), str(BOOKS["shakespeare-caesar"])]
     assert make_pretraining_data.main(["--input", *corpus, "--vocab_file", str(VOCAB), "--output_dir", str(out),
                                        "--seq_length", "64", "--max_predictions_per_seq", "10",
-                                       "--data_part_num", "2", "--dupe_factor", "1", "--quiet"]) == 0
+                                       "--data_part_num", "2", "--dupe_factor", "1", "--no_progress"]) == 0
     assert "instances from" in capsys.readouterr().out
     assert validate_data.main(["--data_dir", str(out), "--vocab_file", str(VOCAB)]) == 0
     assert "OK:" in capsys.readouterr().out
@@ -204,5 +204,5 @@ def test_clis_make_validate_and_fail_in_one_line(tmp_path, capsys):
     assert make_pretraining_data.main(["--input", str(tmp_path / "nope"), "--output_dir", str(out)]) == 2
     assert capsys.readouterr().err.strip().endswith("nope does not exist")
     assert train_vocab.main(["--input", *corpus, "--output_dir", str(tmp_path / "v"), "--vocab_size", "300",
-                             "--quiet"]) == 0
+                             "--no_progress"]) == 0
     assert "wrote" in capsys.readouterr().out and (tmp_path / "v" / "vocab.txt").is_file()

@@ -157,7 +157,7 @@ def test_vocab_case_mismatch(tiny_model, tmp_path):
                                for i, w in enumerate(words)) + "\n", encoding="utf-8")
     proc = bert_squad("--do_eval", "--init_checkpoint", tiny_model, "--vocab_file", cased,
                       "--predict_file", DEV, "--output_dir", tmp_path)
-    assert_usage_error(proc, "cased", "--no_lower_case")
+    assert_usage_error(proc, "cased", "--do_lower_case false")
     # the MiniLM checkpoint records do_lower_case=true in its tokenizer_config.json
     if (ROOT / ".venv").exists():
         from bertlib.tasks.squad import minilm_dir

@@ -285,7 +285,7 @@ def test_vocab_case_must_match_lower_casing(tmp_path):
     assert check_vocab_case(VOCAB, do_lower_case=True) is True
     cased = tmp_path / "cased.txt"
     cased.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "The", "the", "Paris", "is", "##s"]) + "\n")
-    with pytest.raises(SquadDataError, match="vocab is cased.*--no_lower_case"):
+    with pytest.raises(SquadDataError, match="vocab is cased.*--do_lower_case false"):
         check_vocab_case(cased, do_lower_case=True)
     assert check_vocab_case(cased, do_lower_case=False) is False
     examples = read_squad_examples(_write(tmp_path, _one()))
@@ -361,14 +361,14 @@ def test_cli(tmp_path, capsys):
     source = _subset_file(tmp_path, TRAIN, 1)
     out = tmp_path / "out"
     argv = ["--input_file", str(source), "--vocab_file", str(VOCAB), "--output_dir", str(out),
-            "--is_training", "--max_seq_length", "128", "--doc_stride", "64", "--data_part_num", "2", "--quiet"]
+            "--is_training", "--max_seq_length", "128", "--doc_stride", "64", "--data_part_num", "2", "--no_progress"]
     assert cli.main(argv) == 0
     stdout = capsys.readouterr().out
     assert "training data:" in stdout and "features, 2 parts, seq 128" in stdout
     validate_data_dir(out, squad_train_schema(128), 2, vocab_size=30522)
 
     # user errors: one line on stderr, exit code 2
-    for bad in (["--vocab_file", str(tmp_path / "none.txt")], ["--no_lower_case"],
+    for bad in (["--vocab_file", str(tmp_path / "none.txt")], ["--do_lower_case", "false"],
                 ["--input_file", str(tmp_path / "none.json")]):
         assert cli.main(argv + bad) == 2
         err = capsys.readouterr().err

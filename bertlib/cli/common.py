@@ -1,6 +1,8 @@
-"""What every bertlib command shares: help that shows defaults only where they say something, the
-device and node flags of OneFlow-Benchmark's scripts, boolean flags, the config block, and the
-error -> exit code 2 wrapper."""
+"""What every bertlib command shares: the parser (help that shows defaults only where they say
+something, ``--version``), one spelling per switch (``--no_progress``, ``--do_lower_case``; the
+old ``--quiet`` / ``--no_lower_case`` still work, hidden and deprecated), the device and node flags
+of OneFlow-Benchmark's scripts, boolean flags, the config block, and the error -> exit code 2
+wrapper."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +23,58 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
                 or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
             return action.help
         return super()._get_help_string(action)
+
+
+def version_text(prog: str) -> str:
+    """``bert-x 0.1.0 (OneFlow 0.9.0, Python 3.10.13)``, without importing OneFlow (seconds)."""
+    import platform
+    from importlib import metadata
+
+    from .. import __version__
+
+    try:
+        oneflow = metadata.version("oneflow")
+    except metadata.PackageNotFoundError:
+        oneflow = "not installed"
+    return f"{prog} {__version__} (OneFlow {oneflow}, Python {platform.python_version()})"
+
+
+def make_parser(prog: str, description: str, **kwargs) -> argparse.ArgumentParser:
+    """The parser of every bertlib command: the same help layout and a ``--version``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=DefaultsFormatter, **kwargs)
+    parser.add_argument("--version", action="version", version=version_text(prog),
+                        help="print the bertlib, OneFlow and Python versions and exit")
+    return parser
+
+
+class _DeprecatedSwitch(argparse.Action):
+    """An old spelling kept so existing commands still run: sets ``const``, says what replaced it."""
+
+    def __init__(self, option_strings, dest, const=None, replacement="", **kwargs):
+        super().__init__(option_strings, dest, nargs=0, const=const, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated; use {self.replacement}",
+              file=sys.stderr, flush=True)
+        setattr(namespace, self.dest, self.const)
+
+
+def add_progress_flag(group, help: str = "no progress bars"):
+    """``--no_progress`` (``args.no_progress``); ``--quiet`` is its deprecated spelling."""
+    group.add_argument("--no_progress", action="store_true", help=help)
+    group.add_argument("--quiet", dest="no_progress", action=_DeprecatedSwitch, const=True,
+                       replacement="--no_progress", help=argparse.SUPPRESS)
+
+
+def add_lower_case_flag(group, help: str, default: bool | None = True):
+    """``--do_lower_case [true|false]`` (``args.do_lower_case``), the flag of OneFlow-Benchmark's
+    run_squad.py and the field of Hugging Face's tokenizer_config.json; ``--no_lower_case`` is
+    the deprecated spelling of ``--do_lower_case false``."""
+    add_bool_flag(group, "do_lower_case", default, help)
+    group.add_argument("--no_lower_case", dest="do_lower_case", action=_DeprecatedSwitch, const=False,
+                       replacement="--do_lower_case false", help=argparse.SUPPRESS)
 
 
 def str2bool(value) -> bool:

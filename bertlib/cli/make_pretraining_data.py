@@ -16,16 +16,15 @@ import os
 import sys
 from pathlib import Path
 
-from .common import DefaultsFormatter, run_cli
+from .common import add_lower_case_flag, add_progress_flag, make_parser, run_cli
 
 PROG = "bert-make-pretraining-data"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=DefaultsFormatter,
-        description="Make BERT pre-training OFRecords (masked LM + next sentence prediction) from "
-                    "text, with the algorithm of Google's create_pretraining_data.")
+    p = make_parser(
+        PROG, "Make BERT pre-training OFRecords (masked LM + next sentence prediction) from "
+              "text, with the algorithm of Google's create_pretraining_data.")
     p.add_argument("--input", nargs="+", metavar="PATH",
                    help="text files or directories of *.txt files (default: the embedded corpus of "
                         "Python's reference documentation, see bertlib.resources)")
@@ -50,12 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability of a shorter random target length for a sentence pair")
     p.add_argument("--whole_word_mask", action="store_true",
                    help="mask all WordPieces of a word together")
-    p.add_argument("--no_lower_case", dest="lowercase", action="store_false",
-                   help="keep case and accents (for a cased vocabulary)")
+    add_lower_case_flag(p, "lower-case and strip accents (uncased vocabulary); false keeps case and "
+                           "accents (cased vocabulary)")
     p.add_argument("--seed", type=int, default=12345, help="random seed; same seed, same bytes")
     p.add_argument("--num_workers", type=int, default=None,
                    help="worker processes (default: all cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_progress_flag(p)
     return p
 
 
@@ -72,8 +71,8 @@ def _vocab_file(args, inputs, input_format):
         return default_vocab()
     print(f"{PROG}: no --vocab_file: training a {args.vocab_size}-token WordPiece vocab on the "
           "input", flush=True)
-    return train_vocab(inputs, args.vocab_size, args.output_dir, lowercase=args.lowercase,
-                       input_format=input_format, progress=not args.quiet)
+    return train_vocab(inputs, args.vocab_size, args.output_dir, lowercase=args.do_lower_case,
+                       input_format=input_format, progress=not args.no_progress)
 
 
 def _make_pretraining_data(args):
@@ -97,8 +96,8 @@ def _make_pretraining_data(args):
         max_predictions_per_seq=args.max_predictions_per_seq, data_part_num=args.data_part_num,
         dupe_factor=args.dupe_factor, masked_lm_prob=args.masked_lm_prob,
         short_seq_prob=args.short_seq_prob, whole_word_mask=args.whole_word_mask, seed=args.seed,
-        num_workers=args.num_workers, progress=not args.quiet, input_format=input_format,
-        lowercase=args.lowercase)
+        num_workers=args.num_workers, progress=not args.no_progress, input_format=input_format,
+        lowercase=args.do_lower_case)
     # Read back what was written: the same check the loaders do before training.
     pretraining_schema(args.seq_length, args.max_predictions_per_seq).validate(
         args.output_dir, args.data_part_num, vocab_size=summary.vocab_size)

@@ -16,18 +16,15 @@ import argparse
 import sys
 import time
 
-from .common import run_cli
+from .common import add_lower_case_flag, add_progress_flag, make_parser, run_cli
 
 PROG = "bert-make-squad-data"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Make SQuAD v1.1 OFRecords (BERT's features: WordPiece, doc-stride windows, "
-        "answer positions).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = make_parser(
+        PROG, "Make SQuAD v1.1 OFRecords (BERT's features: WordPiece, doc-stride windows, "
+        "answer positions).")
     p.add_argument("--input_file", required=True, help="SQuAD v1.1 JSON file (train or dev)")
     p.add_argument("--vocab_file", required=True, help="WordPiece vocab.txt of the model")
     p.add_argument("--output_dir", required=True,
@@ -43,14 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens between the starts of consecutive context windows")
     p.add_argument("--max_query_length", type=int, default=64,
                    help="questions longer than this many tokens are truncated")
-    case = p.add_mutually_exclusive_group()
-    case.add_argument("--do_lower_case", dest="do_lower_case", action="store_true", default=True,
-                      help="lower-case and strip accents (uncased vocab, the default)")
-    case.add_argument("--no_lower_case", dest="do_lower_case", action="store_false",
-                      help="keep case and accents (cased vocab)")
+    add_lower_case_flag(p, "lower-case and strip accents (uncased vocab); false keeps case and "
+                        "accents (cased vocab)")
     p.add_argument("--data_part_num", type=int, default=1,
                    help="number of part files; at least the number of ranks that will read them")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_flag(p, "no progress bar")
     return p
 
 
@@ -64,7 +58,7 @@ def _make_squad_data(args):
         args.input_file, tokenizer, args.output_dir, is_training=args.is_training,
         max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
         max_query_length=args.max_query_length, data_part_num=args.data_part_num,
-        do_lower_case=args.do_lower_case, progress=not args.quiet)
+        do_lower_case=args.do_lower_case, progress=not args.no_progress)
     seconds = time.perf_counter() - start
     kind = "training" if args.is_training else "eval"
     skipped = len(manifest.get("skipped", []))

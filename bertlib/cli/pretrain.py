@@ -26,17 +26,18 @@ import sys
 
 from .. import runtime
 from ..tasks import pretraining
-from .common import (DefaultsFormatter, add_bool_flag, add_launch_flags, check_launch_flags,
-                     is_first_node, launch_kwargs, options_from_args, print_config_block, run_cli)
+from .common import (add_bool_flag, add_launch_flags, add_progress_flag, check_launch_flags,
+                     is_first_node, launch_kwargs, make_parser, options_from_args, print_config_block,
+                     run_cli)
 
 PROG = "bert-pretrain"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, description="BERT pre-training (MLM + NSP) on OneFlow.",
+    p = make_parser(
+        PROG, "BERT pre-training (MLM + NSP) on OneFlow.",
         epilog="Examples and multi-node launch: see the module docstring of bertlib.cli.pretrain "
-               "or the README.", formatter_class=DefaultsFormatter)
+               "or the README.")
     add_launch_flags(p)
     g = p.add_argument_group("optimisation")
     g.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate")
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model_load_dir", default="",
                    help="checkpoint (step_N) or checkpoint directory to resume from")
     g.add_argument("--log_dir", default="./runs/pretrain", help="metrics.jsonl is written here")
-    g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_progress_flag(g, "no progress bar")
     g = p.add_argument_group("model (default: the tiny preset; --config base for BERT-base)")
     g.add_argument("--config", default=None,
                    help="a preset (tiny, base, large) or a BertConfig/HF config.json path")

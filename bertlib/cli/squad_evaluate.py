@@ -12,15 +12,13 @@ import argparse
 import json
 import sys
 
-from .common import run_cli
+from .common import make_parser, run_cli
 
 PROG = "bert-squad-evaluate"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, description="Official SQuAD v1.1 exact match and F1 (in percent)."
-    )
+    p = make_parser(PROG, "Official SQuAD v1.1 exact match and F1 (in percent).")
     p.add_argument("dataset", help="SQuAD v1.1 JSON file (e.g. dev-v1.1.json)")
     p.add_argument("predictions", help="predictions JSON: {question id: answer text}")
     p.add_argument("--details", action="store_true",

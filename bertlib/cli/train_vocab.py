@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import DefaultsFormatter, run_cli
+from .common import add_lower_case_flag, add_progress_flag, make_parser, run_cli
 
 PROG = "bert-train-vocab"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsFormatter,
-                                description="Train a WordPiece vocabulary (vocab.txt) for BERT.")
+    p = make_parser(PROG, "Train a WordPiece vocabulary (vocab.txt) for BERT.")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
                    help="text files or directories of *.txt files")
     p.add_argument("--output_dir", required=True, help="directory to write vocab.txt into")
@@ -27,20 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min_frequency", type=int, default=2, help="a piece must occur this many times")
     p.add_argument("--input_format", choices=("auto", "sentences", "paragraphs"), default="auto",
                    help="how the text is cut into sentences (see bert-make-pretraining-data)")
-    p.add_argument("--no_lower_case", dest="lowercase", action="store_false",
-                   help="keep case and accents (a cased vocabulary)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_lower_case_flag(p, "lower-case and strip accents (uncased vocabulary); false keeps case and "
+                           "accents (a cased vocabulary)")
+    add_progress_flag(p, "no progress bar")
     return p
 
 
 def _train_vocab(args):
     from ..tokenization import load_tokenizer, read_vocab, train_vocab
 
-    path = train_vocab(args.input, args.vocab_size, args.output_dir, lowercase=args.lowercase,
+    path = train_vocab(args.input, args.vocab_size, args.output_dir, lowercase=args.do_lower_case,
                        min_frequency=args.min_frequency, input_format=args.input_format,
-                       progress=not args.quiet)
+                       progress=not args.no_progress)
     vocab = read_vocab(path)
-    example = load_tokenizer(path, args.lowercase).encode(
+    example = load_tokenizer(path, args.do_lower_case).encode(
         "Tokenization splits rare words into pieces.", add_special_tokens=False).tokens
     print(f"wrote {path}: {len(vocab):,} tokens (asked for at most {args.vocab_size:,}); "
           f"example: {' '.join(example)}")

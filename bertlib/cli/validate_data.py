@@ -16,14 +16,13 @@ import sys
 from pathlib import Path
 
 from ..schemas import SCHEMA_NAMES
-from .common import DefaultsFormatter, run_cli
+from .common import make_parser, run_cli
 
 PROG = "bert-validate-data"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsFormatter,
-                                description="Validate OFRecord shards (pre-training or SQuAD).")
+    p = make_parser(PROG, "Validate OFRecord shards (pre-training or SQuAD).")
     p.add_argument("--data_dir", required=True, help="directory of part-* files")
     p.add_argument("--schema", choices=SCHEMA_NAMES, default=None,
                    help="record layout (default: from the directory's metadata, else pretraining)")

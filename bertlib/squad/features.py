@@ -216,7 +216,7 @@ def check_vocab_case(vocab, do_lower_case: bool | None = None) -> bool:
     if not uncased and do_lower_case:
         raise SquadDataError(
             f"the vocab is cased ({capitalised} of {len(words)} tokens have capitals) but "
-            "lower-casing is on; use --no_lower_case (do_lower_case=False)"
+            "lower-casing is on; use --do_lower_case false (do_lower_case=False)"
         )
     return uncased
 

