@@ -57,10 +57,10 @@ def _schedule(optimizer, warmup: int, total: int):
 
 
 class TrainStepGraph(flow.nn.Graph):
-    def __init__(self, step_module, optimizer, scheduler, keys, accumulation: int, use_fp16: bool):
+    def __init__(self, step_module, optimizer, scheduler, accumulation: int, use_fp16: bool):
         super().__init__()
         self.step_module = step_module
-        self.keys = keys
+        self.keys = None  # the batch's field names, known at the first call
         self.add_optimizer(optimizer, lr_sch=scheduler)
         if accumulation > 1:
             self.config.set_gradient_accumulation_steps(accumulation)
@@ -75,15 +75,86 @@ class TrainStepGraph(flow.nn.Graph):
         return flow.stack(list(outs))                        # float32 [M]
 
 
+class GraphTrainStep:
+    """``step(batches) -> metrics``: one compiled optimizer step; its training state can be saved.
+
+    The graph is made at once (not at the first step) because ``nn.Graph`` takes a saved state
+    only before its first call.
+
+    Dropout in a graph draws from a stream fixed when the graph compiles (re-seeding the layers'
+    generators afterwards changes nothing) and that cannot be saved. So that a resumed run draws
+    the masks an uninterrupted one does, the trainer calls :meth:`restart` after every checkpoint:
+    a new graph with the same state, compiled at the next step after the dropout layers were
+    re-seeded from (seed, step, rank), exactly as a run resumed from that checkpoint compiles.
+    """
+
+    def __init__(self, step_module, optimizer, scheduler, accumulation: int, use_fp16: bool,
+                 placement):
+        self._make = lambda: TrainStepGraph(step_module, optimizer, scheduler, accumulation, use_fp16)
+        self._params = [p for group in optimizer.param_groups for p in group.parameters]
+        self.graph = self._make()
+        self.accumulation, self.placement = accumulation, placement
+
+    def restart(self, device: str):
+        """Carry the training state into a new graph, which compiles at its first call."""
+        state, keys = self.state_dict(), self.graph.keys
+        for param in self._params:
+            param.grad = None  # tracing a new graph's backward cannot accumulate into eager grads
+        self.graph = self._make()
+        self.graph.keys = keys
+        self.load_state_dict(state, device)
+
+    def __call__(self, batches):
+        # with accumulation the graph takes all micro-batches of a step at once and splits them
+        micro = [next(batches) for _ in range(self.accumulation)]
+        if self.graph.keys is None:
+            self.graph.keys = tuple(sorted(micro[0]))
+        tensors = [flow.cat([m[k] for m in micro], dim=0) if self.accumulation > 1 else micro[0][k]
+                   for k in self.graph.keys]
+        if self.placement is not None:
+            tensors = [t.to_global(placement=self.placement, sbp=flow.sbp.split(0)) for t in tensors]
+        metrics = self.graph(*tensors)
+        if self.placement is not None:
+            metrics = metrics.to_global(placement=self.placement, sbp=flow.sbp.broadcast).to_local()
+        return metrics
+
+    def state_dict(self) -> dict:
+        """The graph's training state but the weights (saved on their own, in Hugging Face format):
+        Adam moments, the train step that drives the compiled schedule, the loss scale under fp16.
+
+        Local tensors on every rank; across ranks a collective, so every rank must call it.
+        """
+        state = {}
+        for name, value in self.graph.state_dict().items():
+            if name in self.graph._blocks:   # the modules' parameters
+                continue
+            if value.is_global:
+                # some states (the train step) live on rank 0 only: copy them to every rank
+                value = value.to_global(placement=self.placement, sbp=flow.sbp.broadcast).to_local()
+            state[name] = value
+        return state
+
+    def load_state_dict(self, state: dict, device: str):
+        """Load what :meth:`state_dict` returned (read by every rank); before the first step only."""
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        loaded = {}
+        for name, value in state.items():
+            value = value.to(kind)
+            if self.placement is not None:
+                value = value.to_global(placement=self.placement, sbp=flow.sbp.broadcast)
+            loaded[name] = value
+        self.graph.load_state_dict(loaded, strict=False)
+
+
 def build_train_graph(step_module, optimizer, *, iter_num: int, warmup_batches: int,
                       accumulation: int = 1, clip_grad_norm: float = 1.0, use_fp16: bool = False,
-                      device: str = "cpu", world: int = 1):
-    """Return ``step(batches) -> metrics`` that runs one compiled optimizer step.
+                      device: str = "cpu", world: int = 1) -> GraphTrainStep:
+    """Return the :class:`GraphTrainStep` that runs one compiled optimizer step.
 
     ``step_module(batch)`` returns the step's scalars (the first is optimised); ``batches`` is the
     rank's batch iterator, of which a step draws ``accumulation`` micro-batches. The learning-rate
     schedule (warm-up, then linear decay to 0 at ``iter_num``) and the gradient clipping are
-    compiled into the graph.
+    compiled into the graph; the schedule reads the graph's own step, so a resumed graph continues it.
     """
     if clip_grad_norm:  # 0: no clipping, as in eager mode
         for group in optimizer.param_groups:
@@ -91,24 +162,4 @@ def build_train_graph(step_module, optimizer, *, iter_num: int, warmup_batches: 
             group["clip_grad_norm_type"] = 2.0
     placement = _placement(device) if world > 1 else None
     scheduler = _schedule(optimizer, warmup_batches, iter_num)
-    state = {"graph": None, "keys": None}
-
-    def step(batches):
-        # with accumulation the graph takes all micro-batches of a step at once and splits them
-        micro = [next(batches) for _ in range(accumulation)]
-        if state["keys"] is None:
-            state["keys"] = tuple(sorted(micro[0]))
-        keys = state["keys"]
-        tensors = [flow.cat([m[k] for m in micro], dim=0) if accumulation > 1 else micro[0][k]
-                   for k in keys]
-        if placement is not None:
-            tensors = [t.to_global(placement=placement, sbp=flow.sbp.split(0)) for t in tensors]
-        if state["graph"] is None:
-            state["graph"] = TrainStepGraph(step_module, optimizer, scheduler, keys, accumulation,
-                                            use_fp16)
-        metrics = state["graph"](*tensors)
-        if placement is not None:
-            metrics = metrics.to_global(placement=placement, sbp=flow.sbp.broadcast).to_local()
-        return metrics
-
-    return step
+    return GraphTrainStep(step_module, optimizer, scheduler, accumulation, use_fp16, placement)

@@ -20,6 +20,7 @@ saved, so N + N steps with a resume in between print the same losses as 2N steps
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from . import runtime
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (check_config_matches, check_resume, load_model_weights,
+                         load_optimizer_state, read_checkpoint, save_checkpoint)
 from .optim import build_optimizer, warmup_linear_decay
 from .runtime import import_oneflow
 
@@ -65,7 +67,35 @@ class TrainOptions:
         return cls(**{**values, **overrides})
 
 
+def check_train_values(options, flag_names: Sequence[str] = ()):
+    """Raise ValueError on values no run can use: found before launch, not inside the ranks.
+
+    ``options``: any object with the fields of :class:`TrainOptions` (the tasks' options too);
+    ``flag_names``: more fields that must be >= 1 when set.
+    """
+    lr = options.learning_rate
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--learning_rate must be a finite number > 0 (got {lr})")
+    wd = options.weight_decay_rate
+    if not (math.isfinite(wd) and wd >= 0):
+        raise ValueError(f"--weight_decay_rate must be a finite number >= 0 (got {wd})")
+    every = options.model_save_every_n_iter
+    if every is not None and every < 0:
+        raise ValueError(f"--model_save_every_n_iter must be >= 0, 0 meaning never (got {every})")
+    if getattr(options, "seed", 0) < 0:
+        raise ValueError(f"--seed must be >= 0 (got {options.seed})")
+    for name in ("batch_size_per_device", "num_accumulation_steps", "loss_print_every_n_iter",
+                 *flag_names):
+        value = getattr(options, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1 (got {value})")
+    clip = getattr(options, "clip_grad_norm", 0.0)
+    if not (math.isfinite(clip) and clip >= 0):
+        raise ValueError(f"clip_grad_norm must be a finite number >= 0 (got {clip})")
+
+
 def _check_options(options: TrainOptions, device: str):
+    check_train_values(options, ("iter_num",))
     if options.use_fp16 and not device.startswith("cuda"):
         raise ValueError("--use_fp16 needs a CUDA device: OneFlow 0.9 has no float16 CPU kernels "
                          "for matmul and softmax (run without --use_fp16 on CPU)")
@@ -74,11 +104,6 @@ def _check_options(options: TrainOptions, device: str):
     if options.use_fp16 and options.mode != "graph":
         raise ValueError("--use_fp16 runs in --mode graph (OneFlow 0.9's eager GradScaler cannot "
                          "scale losses); add --mode graph")
-    if options.mode == "graph" and (options.model_load_dir or options.model_save_every_n_iter
-                                    or options.save_last_snapshot):
-        # a graph keeps the optimizer moments inside itself, not in optimizer.state_dict()
-        raise ValueError("--mode graph cannot save or resume checkpoints yet (its optimizer state "
-                         "lives inside the compiled graph); use --mode eager for runs that checkpoint")
 
 
 def average_gradients(params, world: int):
@@ -111,6 +136,29 @@ def read_metrics(log_dir) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cut_metrics(log_dir, step: int) -> int:
+    """Keep the records of iterations before ``step`` (a resumed run logs the rest again); return
+    how many were dropped. A killed run's lines past its checkpoint would otherwise stay, then
+    repeat. A torn last line (killed mid-write) goes too."""
+    path = Path(log_dir) / METRICS_FILE
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            keep = json.loads(line)["iter"] < step
+        except (json.JSONDecodeError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += bool(line.strip())
+    tmp = path.with_name(METRICS_FILE + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+    return dropped
 
 
 def skip_batches(batches: Iterator[dict], n: int) -> Iterator[dict]:
@@ -157,6 +205,9 @@ class Trainer:
         self.records: list[dict] = []
 
         self.model = model.to(device)
+        self.start_step, self.consumed_batches = 0, 0
+        # the weights are loaded while still local: a graph across ranks then replicates them
+        resumed = self._resume_weights() if options.model_load_dir else None
         if options.mode == "graph" and self.world > 1:
             # parameters must be global (replicated) before the optimizer is built over them
             from .graph import replicate
@@ -164,11 +215,6 @@ class Trainer:
             replicate(self.model, device)
         self.optimizer = build_optimizer(self.model, options.optimizer, options.learning_rate,
                                          options.weight_decay_rate)
-        self.start_step, self.consumed_batches = 0, 0
-        if options.model_load_dir:
-            state = load_checkpoint(options.model_load_dir, self.model, self.optimizer, self.model.config)
-            self.start_step, self.consumed_batches = state["step"], state["consumed_batches"]
-            self._print(f"Resumed from {state['path']} at iter {self.start_step}")
         self.step_module, self.reduce_after_accumulation = self._data_parallel(
             _LossModule(self.model, loss_fn))
         if options.mode == "eager":
@@ -181,6 +227,39 @@ class Trainer:
                 warmup_batches=options.warmup_batches, accumulation=options.num_accumulation_steps,
                 clip_grad_norm=options.clip_grad_norm, use_fp16=options.use_fp16, device=device,
                 world=self.world)
+        if resumed is not None:
+            opt_state = load_optimizer_state(resumed)
+            if options.mode == "eager":
+                self.optimizer.load_state_dict(opt_state)
+            else:
+                self.step.load_state_dict(opt_state, device)
+            self._print(f"Resumed from {resumed} at iter {self.start_step}")
+
+    def run_state(self) -> dict:
+        """What a checkpoint records about the run beside the step (see bertlib.checkpoint)."""
+        opt = self.opt
+        return {"consumed_batches": self.consumed_batches, "seed": opt.seed, "world_size": self.world,
+                "global_batch": self.global_batch, "batch_size_per_device": opt.batch_size_per_device,
+                "mode": opt.mode, "iter_num": opt.iter_num, "warmup_batches": opt.warmup_batches,
+                "learning_rate": opt.learning_rate, "args": opt.run_args}
+
+    def _resume_weights(self) -> Path:
+        """Check ``model_load_dir`` against this run and load its weights; return the checkpoint."""
+        opt = self.opt
+        ckpt, state = read_checkpoint(opt.model_load_dir)
+        notes = check_resume(ckpt, state, iter_num=opt.iter_num, world_size=self.world,
+                             global_batch=self.global_batch,
+                             batch_size_per_device=opt.batch_size_per_device, mode=opt.mode,
+                             warmup_batches=opt.warmup_batches, learning_rate=opt.learning_rate)
+        from .config import BertConfig
+        from .weights import CONFIG_NAME
+
+        check_config_matches(BertConfig.from_json(ckpt / "model" / CONFIG_NAME), self.model.config, ckpt)
+        load_model_weights(self.model, ckpt / "model")
+        self.start_step, self.consumed_batches = state["step"], state["consumed_batches"]
+        for note in notes:
+            self._print(f"note: {note}")
+        return ckpt
 
     def _data_parallel(self, step_module):
         """(module a step calls, parameters to average by hand after accumulation or None)."""
@@ -200,9 +279,9 @@ class Trainer:
     # ---------------------------------------------------------------------------------- the loop
     def fit(self) -> list[dict]:
         opt = self.opt
-        if opt.log_dir and self.rank == 0 and self.start_step == 0:
-            # a new run starts a new log; a resumed one continues its own
-            (Path(opt.log_dir) / METRICS_FILE).unlink(missing_ok=True)
+        if opt.log_dir and self.rank == 0:
+            # a new run starts a new log; a resumed one continues its own from the checkpoint's step
+            cut_metrics(opt.log_dir, self.start_step)
         batches = skip_batches(self.make_batches(), self.consumed_batches)
         self.model.train()
         bar = self._progress_bar(self.start_step)
@@ -226,6 +305,10 @@ class Trainer:
             if self._save_due(step + 1, last):
                 t_save = time.perf_counter()
                 self._save(step + 1)
+                if opt.mode == "graph" and not last:
+                    # a graph's dropout stream restarts where a resume from here would restart it
+                    self._reseed_dropout(step + 1)
+                    self.step.restart(self.device)
                 t0 += time.perf_counter() - t_save  # saving is not training speed
         if bar is not None:
             bar.close()
@@ -288,10 +371,11 @@ class Trainer:
                     f.write(json.dumps(record) + "\n")
 
     def _save(self, step):
+        # a graph's state is gathered by every rank (a collective); rank 0 alone writes
+        opt_state = self.step.state_dict() if self.opt.mode == "graph" else self.optimizer
         if self.rank == 0:
-            path = save_checkpoint(self.opt.model_save_dir, step, self.model, self.optimizer,
-                                   {"consumed_batches": self.consumed_batches, "seed": self.opt.seed,
-                                    "world_size": self.world, "args": self.opt.run_args})
+            path = save_checkpoint(self.opt.model_save_dir, step, self.model, opt_state,
+                                   self.run_state())
             self._print(f"Saved checkpoint {path}")
             if self.opt.keep_last_n:
                 from .checkpoint import prune_checkpoints
