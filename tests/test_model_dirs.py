@@ -87,6 +87,28 @@ def test_cased_model_records_no_lower_casing(tmp_path):
     assert resolve_model_dir(path)[2] is False
 
 
+def test_bert_squad_takes_lower_casing_from_the_checkpoint(tmp_path):
+    """A cased model chains too: no --do_lower_case needed, tokenizer_config.json says false."""
+    from bertlib.tasks.squad import SquadOptions, prepare
+
+    words = Path(VOCAB).read_text(encoding="utf-8").splitlines()
+    cased = tmp_path / "cased_vocab.txt"
+    cased.write_text("\n".join(w.capitalize() if w.isalpha() and i % 3 == 0 else w
+                               for i, w in enumerate(words)) + "\n", encoding="utf-8")
+    model_dir = tiny_qa_model(tmp_path / "cased", vocab=cased, do_lower_case=False)
+    options = SquadOptions(init_checkpoint=str(model_dir), do_eval=True, predict_file=str(DATA.squad_dev),
+                           max_eval_examples=2, max_seq_length=128, doc_stride=64, max_query_length=32,
+                           output_dir=str(tmp_path / "out"), progress=False)
+    info = prepare(options)
+    assert options.do_lower_case is False and info["do_lower_case"] is False
+    assert info["vocab_file"] == str(model_dir / "vocab.txt")
+    uncased = SquadOptions(init_checkpoint=str(tiny_qa_model(tmp_path / "uncased")), do_eval=True,
+                           predict_file=str(DATA.squad_dev), max_eval_examples=2, max_seq_length=128,
+                           doc_stride=64, max_query_length=32, output_dir=str(tmp_path / "out2"),
+                           progress=False)
+    assert prepare(uncased)["do_lower_case"] is True
+
+
 def test_saving_again_over_a_dir_keeps_its_vocab(qa_dir, tmp_path):
     """A model loaded from a dir and saved back into it: vocab.txt copied onto itself stays whole."""
     from bertlib.model import BertForQuestionAnswering

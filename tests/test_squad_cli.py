@@ -150,13 +150,13 @@ def test_vocab_case_mismatch(tiny_model, tmp_path):
     proc = bert_squad("--do_eval", "--init_checkpoint", tiny_model, "--vocab_file", VOCAB,
                       "--do_lower_case", "false", "--predict_file", DEV, "--output_dir", tmp_path)
     assert_usage_error(proc, "uncased", "lower-casing")
-    # a cased vocab with lower-casing on
+    # a cased vocab with lower-casing on (asked for: left out, it would follow the vocab's case)
     cased = tmp_path / "cased_vocab.txt"
     words = VOCAB.read_text(encoding="utf-8").splitlines()
     cased.write_text("\n".join(w.capitalize() if w.isalpha() and i % 3 == 0 else w
                                for i, w in enumerate(words)) + "\n", encoding="utf-8")
     proc = bert_squad("--do_eval", "--init_checkpoint", tiny_model, "--vocab_file", cased,
-                      "--predict_file", DEV, "--output_dir", tmp_path)
+                      "--do_lower_case", "true", "--predict_file", DEV, "--output_dir", tmp_path)
     assert_usage_error(proc, "cased", "--do_lower_case false")
     # the MiniLM checkpoint records do_lower_case=true in its tokenizer_config.json
     if (ROOT / ".venv").exists():

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vocab_file", default=None,
                    help="WordPiece vocab.txt of the model (default: the checkpoint's vocab.txt)")
     add_lower_case_flag(g, "lower-case and strip accents; must match the vocab (false for cased "
-                        "models)")
+                        "models); default: as the checkpoint's tokenizer_config.json records, else "
+                        "as its vocab's case says", default=None)
     g = p.add_argument_group("data")
     g.add_argument("--train_data_dir", default=None,
                    help="training OFRecords from `bert-make-squad-data --is_training`")
@@ -124,7 +125,9 @@ def _squad(args):
     info = squad.prepare(options, max(world, runtime.world_size()),
                          progress=not args.no_progress and sys.stderr.isatty())
     if is_first_node(args) and runtime.is_main_process():
-        print_config_block(vars(args), args.node_num, args.gpu_num_per_node)
+        # as prepare() resolved it (None: taken from the checkpoint)
+        print_config_block({**vars(args), "do_lower_case": options.do_lower_case}, args.node_num,
+                           args.gpu_num_per_node)
     if world > 1:
         squad.launch(options, info=info, **launch_kwargs(args))
     else:

@@ -72,7 +72,7 @@ class SquadOptions:
     device: str = "auto"                   # auto | cuda | cpu
     # model
     vocab_file: str | None = None          # WordPiece vocab.txt (None: the checkpoint's vocab.txt)
-    do_lower_case: bool = True             # must match the vocab (False for cased models)
+    do_lower_case: bool | None = None      # None: as the checkpoint records, else as its vocab's case
     # data
     train_data_dir: str | None = None      # training OFRecords (bert-make-squad-data --is_training)
     train_file: str | None = None          # or SQuAD training JSON: OFRecords made in output_dir
@@ -260,6 +260,9 @@ def _resolve_model(options: SquadOptions) -> tuple[Path, Path, int]:
         raise UsageError(f"--vocab_file {vocab_file} has {vocab_size} tokens but the model at {model_dir} "
                          f"has only {config.vocab_size} embeddings: another model's vocab?")
     recorded = checkpoint_lowercases(model_dir)
+    if options.do_lower_case is None:
+        # resolved in place: run() and the launched ranks then read the value prepare() settled on
+        options.do_lower_case = recorded if recorded is not None else _vocab_is_uncased(vocab_file)
     if recorded is not None and recorded != options.do_lower_case:
         raise UsageError(f"--do_lower_case {options.do_lower_case} but the checkpoint {model_dir} was "
                          f"trained with do_lower_case={recorded} (tokenizer_config.json)")
@@ -268,6 +271,16 @@ def _resolve_model(options: SquadOptions) -> tuple[Path, Path, int]:
         raise UsageError(f"--max_seq_length {options.max_seq_length} exceeds the model's "
                          f"max_position_embeddings {config.max_position_embeddings}")
     return model_dir, Path(vocab_file), vocab_size
+
+
+def _vocab_is_uncased(vocab_file) -> bool:
+    from ..squad.features import check_vocab_case
+
+    try:
+        check_vocab_case(str(vocab_file), True)  # raises for a cased vocab
+    except ValueError:
+        return False
+    return True
 
 
 def prepare(options: SquadOptions, world: int = 1, progress: bool = False) -> dict:
@@ -284,7 +297,7 @@ def prepare(options: SquadOptions, world: int = 1, progress: bool = False) -> di
                     max_query_length=options.max_query_length, do_lower_case=options.do_lower_case,
                     data_part_num=options.data_part_num or world, progress=progress)
     info = {"model_dir": str(model_dir), "vocab_file": str(vocab_file), "vocab_size": vocab_size,
-            "predict_file": options.predict_file}
+            "predict_file": options.predict_file, "do_lower_case": options.do_lower_case}
     if options.do_train:
         train_dir = options.train_data_dir
         if train_dir is None:
@@ -488,6 +501,8 @@ def predict(model, options: SquadOptions, info: dict, device: str = "cpu") -> di
     from ..tokenization import load_tokenizer
 
     rank, world = runtime.rank(), runtime.world_size()
+    if options.do_lower_case is None:  # options other than the ones prepare() resolved
+        options = dataclasses.replace(options, do_lower_case=info.get("do_lower_case", True))
     total = info["eval"]["num_records"]
     t0 = time.perf_counter()
     bar = _progress_bar(-(-total // world), options.progress)
@@ -542,6 +557,8 @@ def run(options: SquadOptions, info: dict | None = None) -> dict:
     world = runtime.world_size()
     if info is None:
         info = prepare(options, world, progress=options.progress and sys.stderr.isatty())
+    if options.do_lower_case is None:  # options other than the ones prepare() resolved
+        options = dataclasses.replace(options, do_lower_case=info.get("do_lower_case", True))
     device = runtime.resolve_device(options.device)
     Path(options.output_dir).mkdir(parents=True, exist_ok=True)
     if runtime.is_main_process():
