@@ -6,8 +6,9 @@
     1. "Denver Broncos"  probability 0.871  score 11.42  characters 177-191
     ...
 
-The model directory is what ``bert-squad --do_train`` writes to ``output_dir/model`` (config.json,
-model.safetensors and, when saved with it, vocab.txt and tokenizer_config.json). Contexts of any
+The model directory is what ``bert-squad --do_train`` writes to ``output_dir/model``: config.json,
+model.safetensors and the tokenizer it was fine-tuned with (vocab.txt, tokenizer_config.json), so
+neither ``--vocab_file`` nor ``--do_lower_case`` is needed. Contexts of any
 length work: they are cut into overlapping windows of ``--max_seq_length`` tokens, as in SQuAD
 evaluation. ``--json`` prints one JSON object per question (JSON Lines) with the answers' text,
 score, probability and character offsets ``start``/``end`` into the context
