@@ -108,11 +108,12 @@ def test_pretraining_takes_the_shape_and_vocab_the_data_records(data_64):
     from bertlib.tasks.pretraining import PretrainingOptions, prepare
 
     data_dir, vocab = data_64
-    opts = prepare(PretrainingOptions(data_dir=str(data_dir), iter_num=1)).options
+    nowhere = dict(log_dir=None, model_save_dir=None)  # no run directory to claim
+    opts = prepare(PretrainingOptions(data_dir=str(data_dir), iter_num=1, **nowhere)).options
     assert (opts.seq_length, opts.max_predictions_per_seq) == (64, 10)
     assert Path(opts.vocab_file).resolve() == Path(vocab).resolve()
     same = prepare(PretrainingOptions(data_dir=str(data_dir), seq_length=64, max_predictions_per_seq=10,
-                                      iter_num=1)).options
+                                      iter_num=1, **nowhere)).options
     assert (same.seq_length, same.max_predictions_per_seq) == (64, 10)
 
 
@@ -127,10 +128,11 @@ def test_pretraining_without_a_record_keeps_the_old_defaults(data_64, tmp_path):
 
 @pytest.mark.parametrize("flag, value, recorded", [("--seq_length", 128, 64),
                                                    ("--max_predictions_per_seq", 20, 10)])
-def test_a_flag_the_data_contradicts_is_one_line_and_exit_2(data_64, flag, value, recorded):
+def test_a_flag_the_data_contradicts_is_one_line_and_exit_2(data_64, flag, value, recorded, tmp_path):
     data_dir, _ = data_64
     proc = subprocess.run([sys.executable, "-m", "bertlib.cli.pretrain", "--data_dir", str(data_dir), flag,
-                           str(value), "--device", "cpu", "--iter_num", "1"], cwd=ROOT, capture_output=True,
+                           str(value), "--device", "cpu", "--iter_num", "1", "--log_dir", str(tmp_path / "log"),
+                           "--model_save_dir", str(tmp_path / "ckpt")], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1, proc.stderr

@@ -108,7 +108,8 @@ def test_pretrain_run_records(tmp_path):
 
 
 def test_keep_last_n_below_one_is_a_usage_error(tmp_path):
-    proc = pretrain("--keep_last_n", 0, "--iter_num", 1, *TINY, timeout=60)
+    proc = pretrain("--keep_last_n", 0, "--iter_num", 1, "--log_dir", tmp_path / "log",
+                    "--model_save_dir", tmp_path / "ckpt", *TINY, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "bert-pretrain: error: --keep_last_n must be >= 1 (got 0)"
 
