@@ -122,7 +122,8 @@ def step_dirs(save_dir) -> list[Path]:
     save_dir = Path(save_dir)
     if not save_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in save_dir.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in save_dir.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found, reverse=True)]
 
 
@@ -217,14 +218,15 @@ def check_resume(ckpt: Path, state: dict, *, iter_num: int, world_size: int, glo
     if iter_num <= step:
         raise CheckpointError(f"--iter_num {iter_num} is not beyond the step of {where} ({step}): "
                               f"nothing would be trained; pass an --iter_num above {step}")
-    for name, value, why in (
-            ("world_size", world_size, "each process's data position is saved on its own"),
-            ("global_batch", global_batch, "the schedule and data positions assume it"),
-            ("batch_size_per_device", batch_size_per_device, "data positions count micro-batches")):
+    for name, value, label, why in (
+            ("world_size", world_size, "processes", "each process's data position is saved on its own"),
+            ("global_batch", global_batch, "global batch",
+             "batch_size_per_device x num_accumulation_steps x processes; the data positions assume it"),
+            ("batch_size_per_device", batch_size_per_device, "--batch_size_per_device",
+             "a data position counts micro-batches of that size")):
         if state[name] != value:
-            label = "processes" if name == "world_size" else name
             raise CheckpointError(f"{where} was made with {label} {state[name]}, this run has {value} "
-                                  f"({why}): resume with the same {label}")
+                                  f"({why}): resume with {state[name]}")
     if state["mode"] != mode:
         raise CheckpointError(f"{where} was saved in --mode {state['mode']} (its optimizer state is in "
                               f"that mode's format): resume it with --mode {state['mode']}")

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model_save_every_n_iter", type=int, default=0, help="checkpoint period (0: never)")
     g.add_argument("--model_save_dir", default="./runs/pretrain/checkpoints", help="checkpoint directory")
     add_bool_flag(g, "save_last_snapshot", False, "save a checkpoint after the last iteration")
+    add_bool_flag(g, "overwrite_output_dir", False,
+                  "start afresh in a --model_save_dir that holds an earlier run's checkpoints, deleting "
+                  "them (without it such a directory is refused unless --model_load_dir resumes from it)")
     g.add_argument("--keep_last_n", type=int, default=None,
                    help="keep only the newest N checkpoints (default: all); the one `latest` names "
                         "is never deleted")
@@ -122,7 +125,8 @@ def _pretrain(args):
     options = options_from_args(pretraining.PretrainingOptions, args,
                                 model_load_dir=args.model_load_dir or None)
     # validated here, before any process starts: a bad shard would otherwise abort every rank
-    prepared = pretraining.prepare(options, max(world, runtime.world_size()))
+    # node 0 alone claims the directories: its rank 0 writes them
+    prepared = pretraining.prepare(options, max(world, runtime.world_size()), claim=is_first_node(args))
     if is_first_node(args) and runtime.is_main_process():
         print_config_block(resolved_settings(args, prepared), args.node_num, args.gpu_num_per_node)
     if world > 1:

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write resumable training checkpoints (step_N) here")
     g.add_argument("--model_save_every_n_iter", type=int, default=0,
                    help="checkpoint period with --model_save_dir (0: only after the last step)")
+    add_bool_flag(g, "overwrite_output_dir", False,
+                  "reuse an --output_dir holding a finished run's results (replaced as this run writes "
+                  "them), or a --model_save_dir holding its checkpoints (deleted first)")
     g.add_argument("--keep_last_n", type=int, default=None,
                    help="keep only the newest N checkpoints in --model_save_dir (default: all)")
     g.add_argument("--model_load_dir", default=None,
@@ -123,7 +126,7 @@ def _squad(args):
     options = options_from_args(squad.SquadOptions, args)
     # made and checked here, before any process starts: ranks get the resolved facts
     info = squad.prepare(options, max(world, runtime.world_size()),
-                         progress=not args.no_progress and sys.stderr.isatty())
+                         progress=not args.no_progress and sys.stderr.isatty(), claim=is_first_node(args))
     if is_first_node(args) and runtime.is_main_process():
         # as prepare() resolved it (None: taken from the checkpoint)
         print_config_block({**vars(args), "do_lower_case": options.do_lower_case}, args.node_num,

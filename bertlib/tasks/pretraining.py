@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runtime
-from ..trainer import TrainOptions, global_batch_size, read_metrics
+from ..rundirs import release
+from ..trainer import TrainOptions, check_train_values, global_batch_size, read_metrics
 from ._ranks import LaunchError, launch_ranks
 
 __all__ = ["PretrainingOptions", "PretrainingResult", "Prepared", "prepare", "resolve_config",
@@ -56,6 +57,7 @@ class PretrainingOptions:
     model_save_dir: str | None = "./runs/pretrain/checkpoints"  # checkpoint directory
     save_last_snapshot: bool = False       # checkpoint after the last iteration
     keep_last_n: int | None = None         # keep only the newest N checkpoints (None: all)
+    overwrite_output_dir: bool = False     # start afresh in a model_save_dir holding a finished run
     model_load_dir: str | None = None      # checkpoint (step_N) or directory to resume from
     log_dir: str | None = "./runs/pretrain"  # metrics.jsonl goes here
     progress: bool = True                  # a progress bar when stderr is a terminal
@@ -78,6 +80,11 @@ class PretrainingOptions:
                 raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)})")
         if self.warmup_batches is not None and self.warmup_batches < 0:
             raise ValueError("--warmup_batches must be >= 0")
+        check_train_values(self)
+        for name in ("attention_probs_dropout_prob", "hidden_dropout_prob"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"--{name} must be in [0, 1) (got {value})")
         if self.data_part_num is not None and self.data_part_num < world:
             raise ValueError(
                 f"--data_part_num {self.data_part_num} is smaller than the number of processes "
@@ -189,13 +196,18 @@ def _wants_cuda(device: str) -> bool:
     return device == "cuda" or runtime.import_oneflow().cuda.is_available()
 
 
-def prepare(options: PretrainingOptions, world: int = 1, validate: bool = True) -> Prepared:
+def prepare(options: PretrainingOptions, world: int = 1, validate: bool = True,
+            claim: bool = True) -> Prepared:
     """Resolve the data, schedule and model config of a run of ``world`` processes.
 
     With ``validate`` every shard is checked first (framing, features, token ids below the vocab
     size, labels and positions in range, parts >= processes): OneFlow's reader would abort the
     process on a bad part and return zeros for out-of-range ids. Raises ValueError (or a
     subclass: DataError, VocabError is a FileNotFoundError) on bad input.
+
+    With ``validate`` a ``model_load_dir`` is checked against the run too, and with ``claim`` (the
+    machine whose rank 0 writes: only the first node) the run's directories are checked
+    (:func:`claim_run_dirs`); :func:`run` and :func:`launch` hold them for the run's life.
     """
     from ..schemas import pretraining_schema
 
@@ -222,7 +234,44 @@ def prepare(options: PretrainingOptions, world: int = 1, validate: bool = True) 
     resolved = dataclasses.replace(
         options, data_dir=str(data_dir), data_part_num=parts, vocab_size=config.vocab_size, mode=mode,
         warmup_batches=warmup if warmup is not None else max(1, options.iter_num // 10))
+    if validate:
+        check_resume_options(resolved, config, world)
+        if claim:  # checked now; held by run() or launch() for the run's life
+            release(claim_run_dirs(resolved, config))
     return Prepared(resolved, config)
+
+
+def _saves(options: PretrainingOptions) -> bool:
+    every = options.model_save_every_n_iter
+    return bool(options.model_save_dir) and bool(every or options.save_last_snapshot)
+
+
+def check_resume_options(options: PretrainingOptions, config, world: int):
+    """Refuse a ``model_load_dir`` this run cannot resume exactly (CheckpointError, a ValueError):
+    incomplete or malformed, another model, processes, batch or mode, or nothing left to train."""
+    if not options.model_load_dir:
+        return
+    from ..checkpoint import check_config_matches, check_resume, read_checkpoint
+    from ..config import BertConfig
+
+    ckpt, state = read_checkpoint(options.model_load_dir)
+    check_config_matches(BertConfig.from_json(ckpt / "model" / "config.json"), config, ckpt)
+    check_resume(ckpt, state, iter_num=options.iter_num, world_size=world,
+                 global_batch=global_batch_size(options.batch_size_per_device,
+                                                options.num_accumulation_steps, world),
+                 batch_size_per_device=options.batch_size_per_device, mode=options.mode,
+                 warmup_batches=options.warmup_batches, learning_rate=options.learning_rate)
+
+
+def claim_run_dirs(options: PretrainingOptions, config) -> list:
+    """Check and lock ``model_save_dir`` (when the run saves) and ``log_dir`` (see
+    :mod:`bertlib.rundirs`); RunDirError when one is unusable. Release with
+    :func:`bertlib.rundirs.release`."""
+    from ..rundirs import checkpoint_bytes, claim_dirs
+
+    return claim_dirs(options.model_save_dir if _saves(options) else None,
+                      resume_from=options.model_load_dir, overwrite=options.overwrite_output_dir,
+                      need_bytes=checkpoint_bytes(config), other_dirs=((options.log_dir, "--log_dir"),))
 
 
 def _recorded_vocab(meta: dict) -> str | None:
@@ -291,18 +340,27 @@ def _batches(options: PretrainingOptions, device: str):
         shuffle=True, seed=options.seed, device=device, validate=False))
 
 
-def run(options: PretrainingOptions, validate: bool = True) -> PretrainingResult:
+def run(options: PretrainingOptions, validate: bool = True, claim: bool = True) -> PretrainingResult:
     """Pre-train in this process: the whole job, or one rank of it under the launcher.
 
-    ``validate=False`` skips the shard checks (for options :func:`prepare` already resolved).
+    ``validate=False`` skips the shard checks (for options :func:`prepare` already resolved);
+    ``claim=False``: the directories are held by another process (the launching one).
     """
+    world = runtime.world_size()
+    prepared = prepare(options, world, validate=validate, claim=claim)
+    opts, config = prepared.options, prepared.config
+    locks = claim_run_dirs(opts, config) if claim else []
+    try:
+        return _train(opts, config, world)
+    finally:
+        release(locks)
+
+
+def _train(opts: PretrainingOptions, config, world: int) -> PretrainingResult:
     from ..model import BertForPreTraining
     from ..trainer import Trainer
 
     flow = runtime.import_oneflow()
-    world = runtime.world_size()
-    prepared = prepare(options, world, validate=validate)
-    opts, config = prepared.options, prepared.config
     device = runtime.resolve_device(opts.device)
     if runtime.is_main_process():
         batch = global_batch_size(opts.batch_size_per_device, opts.num_accumulation_steps, world)
@@ -341,14 +399,26 @@ def launch(options: PretrainingOptions, nproc_per_node: int = 2, node_num: int =
     options save checkpoints.
     ``validate=False``: the options come from :func:`prepare` already.
     """
-    prepared = prepare(options, nproc_per_node * node_num, validate=validate)
-    launch_ranks("pretraining", dataclasses.asdict(prepared.options), nproc_per_node, node_num,
-                 node_list, master_port, relay_stdout=relay_stdout)
+    first = first_node(node_list, node_num)
+    prepared = prepare(options, nproc_per_node * node_num, validate=validate, claim=first)
+    locks = claim_run_dirs(prepared.options, prepared.config) if first else []
+    try:
+        launch_ranks("pretraining", dataclasses.asdict(prepared.options), nproc_per_node, node_num,
+                     node_list, master_port, relay_stdout=relay_stdout)
+    finally:
+        release(locks)
     opts = prepared.options
     records = read_metrics(opts.log_dir) if opts.log_dir else []   # no log_dir: no records kept
     return PretrainingResult(records, prepared.config, opts, log_dir=opts.log_dir)
 
 
+def first_node(node_list: str | None, node_num: int) -> bool:
+    """Whether this machine is node 0, whose rank 0 writes (and so claims) the run's directories."""
+    from ..launch import node_rank_from_list
+
+    return node_num == 1 or node_rank_from_list(node_list, node_num)[0] == 0
+
+
 def rank_main(payload: dict):
     """One launched rank: the options were resolved and the data validated by the parent."""
-    run(PretrainingOptions(**payload), validate=False)
+    run(PretrainingOptions(**payload), validate=False, claim=False)

@@ -45,8 +45,9 @@ import numpy as np
 from .. import runtime
 from ..loaders import count_parts
 from ..ofrecord import part_paths, read_records
+from ..rundirs import release
 from ..squad.data import build_squad_data, check_squad_data, subset_squad_json
-from ..trainer import TrainOptions, global_batch_size
+from ..trainer import TrainOptions, check_train_values, global_batch_size
 from ._ranks import LaunchError, launch_ranks
 
 __all__ = [
@@ -103,6 +104,7 @@ class SquadOptions:
     model_save_every_n_iter: int = 0       # with model_save_dir (0: only after the last step)
     model_load_dir: str | None = None      # resume an interrupted fine-tuning from this step_N
     keep_last_n: int | None = None         # keep only the newest N checkpoints (None: all)
+    overwrite_output_dir: bool = False     # reuse an output_dir holding a finished run's results
     progress: bool = True                  # progress bars when stderr is a terminal
 
     def check(self):
@@ -130,6 +132,10 @@ class SquadOptions:
 
 
 def _check_counts(options: SquadOptions):
+    try:
+        check_train_values(options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     for name in ("batch_size_per_device", "eval_batch_size_per_device", "num_accumulation_steps",
                  "loss_print_every_n_iter", "max_seq_length", "doc_stride", "max_query_length",
                  "n_best_size", "max_answer_length"):
@@ -283,7 +289,7 @@ def _vocab_is_uncased(vocab_file) -> bool:
     return True
 
 
-def prepare(options: SquadOptions, world: int = 1, progress: bool = False) -> dict:
+def prepare(options: SquadOptions, world: int = 1, progress: bool = False, claim: bool = True) -> dict:
     """Resolve the model and vocab, make or find the data, validate everything; no OneFlow needed.
 
     Returns the resolved facts (``model_dir``, ``vocab_file``, ``vocab_size``, ``predict_file``,
@@ -292,6 +298,17 @@ def prepare(options: SquadOptions, world: int = 1, progress: bool = False) -> di
     """
     options.check()
     model_dir, vocab_file, vocab_size = _resolve_model(options)
+    # held while data is made in output_dir, then by run() or launch() (only node 0 claims: its
+    # rank 0 writes)
+    locks = claim_run_dirs(options) if claim else []
+    try:
+        return _prepare(options, world, progress, model_dir, vocab_file, vocab_size)
+    finally:
+        release(locks)
+
+
+def _prepare(options: SquadOptions, world: int, progress: bool, model_dir, vocab_file,
+             vocab_size) -> dict:
     out = Path(options.output_dir)
     settings = dict(max_seq_length=options.max_seq_length, doc_stride=options.doc_stride,
                     max_query_length=options.max_query_length, do_lower_case=options.do_lower_case,
@@ -308,6 +325,7 @@ def prepare(options: SquadOptions, world: int = 1, progress: bool = False) -> di
             train_dir = _make_data("training", train_file, vocab_file, out / "train_data", True, settings)
         info["train"] = check_squad_data(train_dir, True, options.max_seq_length, world, vocab_size)
         info["train_data_dir"] = str(train_dir)
+        _check_resume(options, info, model_dir, world)
     if options.do_eval:
         if options.max_eval_examples:
             info["predict_file"] = str(subset_squad_json(
@@ -320,6 +338,45 @@ def prepare(options: SquadOptions, world: int = 1, progress: bool = False) -> di
                                         predict_file=info["predict_file"])
         info["eval_data_dir"] = str(eval_dir)
     return info
+
+
+FINISHED_MARKS = ("eval_results.json", "train_results.json", "predictions.json", "model")
+
+
+def claim_run_dirs(options: SquadOptions) -> list:
+    """Check and lock ``output_dir`` (and ``model_save_dir``) until :func:`run` or :func:`launch`
+    ends (see :mod:`bertlib.rundirs`); an output_dir with a finished run's results needs
+    ``overwrite_output_dir``. RunDirError (a ValueError) otherwise."""
+    from ..rundirs import claim_dirs, claim_output_dir
+
+    locks = [claim_output_dir(options.output_dir, "--output_dir", FINISHED_MARKS,
+                              options.overwrite_output_dir)]
+    if options.model_save_dir and options.do_train:
+        try:
+            locks += claim_dirs(options.model_save_dir, resume_from=options.model_load_dir,
+                                overwrite=options.overwrite_output_dir)
+        except BaseException:
+            release(locks)
+            raise
+    return locks
+
+
+def _check_resume(options: SquadOptions, info: dict, model_dir, world: int):
+    """A ``model_load_dir`` this fine-tuning cannot resume exactly is refused before launch."""
+    if not options.model_load_dir:
+        return
+    from ..checkpoint import check_config_matches, check_resume, read_checkpoint
+    from ..config import BertConfig
+
+    ckpt, state = read_checkpoint(options.model_load_dir)
+    check_config_matches(BertConfig.from_json(ckpt / "model" / "config.json"),
+                         BertConfig.from_json(Path(model_dir) / "config.json"), ckpt)
+    global_batch = global_batch_size(options.batch_size_per_device, options.num_accumulation_steps, world)
+    iter_num = train_steps(info["train"]["num_records"], global_batch, options.num_epochs, options.iter_num)
+    check_resume(ckpt, state, iter_num=iter_num, world_size=world, global_batch=global_batch,
+                 batch_size_per_device=options.batch_size_per_device, mode="eager",
+                 warmup_batches=int(options.warmup_proportion * iter_num),
+                 learning_rate=options.learning_rate)
 
 
 def _make_data(kind: str, source, vocab_file, data_dir: Path, is_training: bool, settings: dict) -> Path:
@@ -547,16 +604,25 @@ def _describe(model, note: str, info: dict, device: str, world: int):
           + (f" ({note})" if note else "") + f"; device {device}; {world} process(es)", flush=True)
 
 
-def run(options: SquadOptions, info: dict | None = None) -> dict:
+def run(options: SquadOptions, info: dict | None = None, claim: bool = True) -> dict:
     """Fine-tune and/or predict and score in this process (the whole job, or one rank of it).
 
     ``info``: what :func:`prepare` returned (None: prepare here). Returns the results that rank 0
     writes to ``eval_results.json`` (or ``train_results.json``): the scores, ``train`` (steps,
-    losses, ``records``), timings and the options.
+    losses, ``records``), timings and the options. ``claim=False``: the directories are held by
+    another process (the launching one).
     """
     world = runtime.world_size()
     if info is None:
-        info = prepare(options, world, progress=options.progress and sys.stderr.isatty())
+        info = prepare(options, world, progress=options.progress and sys.stderr.isatty(), claim=claim)
+    locks = claim_run_dirs(options) if claim else []
+    try:
+        return _run(options, info, world)
+    finally:
+        release(locks)
+
+
+def _run(options: SquadOptions, info: dict, world: int) -> dict:
     if options.do_lower_case is None:  # options other than the ones prepare() resolved
         options = dataclasses.replace(options, do_lower_case=info.get("do_lower_case", True))
     device = runtime.resolve_device(options.device)
@@ -607,10 +673,18 @@ def launch(options: SquadOptions, nproc_per_node: int = 2, node_num: int = 1,
     ``eval_results.json`` (or ``train_results.json``). Raises
     :class:`LaunchError` when a rank fails.
     """
+    from .pretraining import first_node
+
+    first = first_node(node_list, node_num)
     if info is None:
-        info = prepare(options, nproc_per_node * node_num, progress=options.progress and sys.stderr.isatty())
-    launch_ranks("squad", {"options": dataclasses.asdict(options), "info": _slim(info)},
-                 nproc_per_node, node_num, node_list, master_port, relay_stdout=relay_stdout)
+        info = prepare(options, nproc_per_node * node_num, progress=options.progress and sys.stderr.isatty(),
+                       claim=first)
+    locks = claim_run_dirs(options) if first else []
+    try:
+        launch_ranks("squad", {"options": dataclasses.asdict(options), "info": _slim(info)},
+                     nproc_per_node, node_num, node_list, master_port, relay_stdout=relay_stdout)
+    finally:
+        release(locks)
     name = "eval_results.json" if options.do_eval else "train_results.json"
     return json.loads((Path(options.output_dir) / name).read_text())
 
@@ -623,4 +697,4 @@ def _slim(info: dict) -> dict:
 
 def rank_main(payload: dict):
     """One launched rank: the parent prepared and validated everything."""
-    run(SquadOptions(**payload["options"]), payload["info"])
+    run(SquadOptions(**payload["options"]), payload["info"], claim=False)
