@@ -225,6 +225,9 @@ def prepare(options: PretrainingOptions, world: int = 1, validate: bool = True,
             data_dir, parts, num_ranks=world, vocab_size=vocab_size)
     config = resolve_config(options, vocab_size)
     mode = options.mode
+    if options.use_fp16 and not _wants_cuda(options.device):  # found here, not in every rank
+        raise ValueError("--use_fp16 needs a CUDA device: OneFlow 0.9 has no float16 CPU kernels "
+                         "for matmul and softmax (run without --use_fp16 on CPU)")
     if options.use_fp16 and mode == "eager" and _wants_cuda(options.device):
         # OneFlow 0.9's loss scaler works in graphs only, so mixed precision means graph mode
         mode = "graph"
