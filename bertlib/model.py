@@ -11,8 +11,9 @@ Module and parameter names follow the paper's blocks one-to-one and are exactly 
 ``modeling_bert.py`` names (``bert.encoder.layer.3.attention.self.query.weight`` ...), so importing
 a published checkpoint is a rename-free load (see :mod:`bertlib.weights`).
 
-The blocks are plain ``nn.Linear`` / ``nn.LayerNorm`` / ``nn.GELU`` / ``nn.Dropout`` modules and a
-textbook attention. Where the fast path plugs in: ``BertPreTrainedModel.post_init`` hands the built
+The blocks are plain ``nn.Linear`` / ``nn.LayerNorm`` / ``nn.GELU`` / ``nn.Dropout`` modules (the
+dropout a subclass whose masks inside nn.Graph differ per layer, step and rank) and a textbook
+attention. Where the fast path plugs in: ``BertPreTrainedModel.post_init`` hands the built
 model to :func:`bertlib.fast.use_fast_kernels` unless ``config.kernels == "reference"``; that swaps
 in drop-in subclasses with the same parameters, whose forwards are formulations fast on OneFlow's
 CPU kernels (:mod:`bertlib.fast`). The losses take the same ``kernels`` choice for their
@@ -32,6 +33,7 @@ import numpy as np
 from . import fast
 from .config import BertConfig
 from .runtime import import_oneflow
+from .fast.layers import SeededDropout as Dropout  # nn.Dropout whose nn.Graph masks are per layer
 from .weights import PretrainedMixin
 
 flow = import_oneflow()
@@ -81,7 +83,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids):
         """input_ids, token_type_ids: int64 [B, S] -> float32 [B, S, H]."""
@@ -106,7 +108,7 @@ class BertSelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout = Dropout(config.attention_probs_dropout_prob)
 
     def split_heads(self, x):
         """float32 [B, S, H] -> [B, N, S, D]: each head's slice of the hidden vector, per token."""
@@ -144,7 +146,7 @@ class BertResidualOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, h, x):  # h float32 [B, S, in_size], the sub-layer's input x [B, S, H] -> [B, S, H]
         return self.LayerNorm(x + self.dropout(self.dense(h)))

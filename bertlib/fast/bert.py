@@ -46,6 +46,7 @@ DROP_INS = {
     nn.LayerNorm: layers.LayerNorm,
     nn.GELU: layers.GELU,
     nn.Dropout: layers.Dropout,
+    layers.SeededDropout: layers.Dropout,
     BertSelfAttention: SelfAttention,
     BertLMPredictionHead: LMPredictionHead,
 }

@@ -1,4 +1,5 @@
-"""Drop-in subclasses of ``nn.Linear``, ``nn.LayerNorm``, ``nn.GELU`` and ``nn.Dropout``.
+"""Drop-in subclasses of ``nn.Linear``, ``nn.LayerNorm``, ``nn.GELU`` and ``nn.Dropout``, and the
+dropout bertlib.model builds (:class:`SeededDropout`: correct masks inside nn.Graph).
 
 Each keeps its parent's parameters (same names, same tensors) and only changes ``forward``: where
 ``BertConfig.kernels`` says so (see :func:`bertlib.fast.oneflow_ops.applies`) it calls the
@@ -57,12 +58,41 @@ class GELU(DropIn, nn.GELU):
         return nn.GELU.forward(self, x)
 
 
-class Dropout(DropIn, nn.Dropout):
+def graph_dropout(x, p: float, generator):
+    """Inverted dropout for tensors traced in nn.Graph: ``x * mask / (1 - p)``, mask ~ Bernoulli(1 - p).
+
+    OneFlow 0.9's ``dropout`` op ignores the generator inside a graph: every dropout kernel starts
+    from one fixed default seed, so layers of the same shape draw the same mask, on every rank.
+    Its uniform op keeps the generator's seed (read when the graph compiles) and each kernel moves
+    its stream on at every step, so the mask comes from ``flow.rand`` here: another mask per layer
+    (each layer has its own seed), per step (the stream moves on) and, for global tensors, per rank
+    (OneFlow draws every rank's slice of a split tensor from its own offset of the stream).
+    """
+    keep = 1.0 - p
+    if x.is_global:
+        u = flow.rand(*x.shape, placement=x.placement, sbp=x.sbp, generator=generator)
+    else:
+        u = flow.rand(*x.shape, device=x.device, generator=generator)
+    return x * ((u < keep).to(x.dtype) * (1.0 / keep))
+
+
+class SeededDropout(nn.Dropout):
+    """``nn.Dropout`` whose masks inside nn.Graph come from :func:`graph_dropout` (eagerly: the
+    parent's, from the same ``generator``). bertlib.model builds its dropout layers from this."""
+
+    def forward(self, x):  # float32 [...] -> [...]
+        if self.training and self.p > 0.0 and x.is_lazy:
+            return graph_dropout(x, self.p, self.generator)
+        return nn.Dropout.forward(self, x)
+
+
+class Dropout(DropIn, SeededDropout):
     """Inverted dropout whose eager CPU masks come from NumPy, seeded by the layer's generator.
 
     The mask stream restarts whenever the generator's seed changes, and on :meth:`manual_seed`
     (:func:`bertlib.model.reseed_dropout` calls it), so a seed decides every mask after it. Inside
-    nn.Graph, for global tensors and on CUDA: OneFlow's dropout with the same ``generator``.
+    nn.Graph: :func:`graph_dropout` with the same ``generator`` (the seed it had when the graph
+    compiled); eagerly for global tensors and on CUDA: OneFlow's dropout with that ``generator``.
     """
 
     @classmethod
@@ -79,6 +109,8 @@ class Dropout(DropIn, nn.Dropout):
     def forward(self, x):  # float32 [...] -> [...]: x * mask / (1 - p), mask ~ Bernoulli(1 - p)
         if not self.training or self.p == 0.0:
             return x
+        if x.is_lazy:
+            return graph_dropout(x, self.p, self.generator)
         if not ops.eager_on_cpu(x):
             return nn.Dropout.forward(self, x)
         # autograd differentiates the product: dx = dy * mask
