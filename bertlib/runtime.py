@@ -147,6 +147,39 @@ def _keep_freed_buffers():
         pass
 
 
+def gpu_device_files() -> list[str]:
+    """This machine's NVIDIA GPU device files, any index: a container given only GPU 3 has
+    /dev/nvidia3 and no /dev/nvidia0."""
+    return sorted(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def gpu_present() -> bool:
+    """Whether this machine shows an NVIDIA GPU, answered without importing OneFlow (the settings
+    below must be made before it loads): a GPU device file or a GPU under the driver's /proc entry."""
+    return bool(gpu_device_files() or glob.glob("/proc/driver/nvidia/gpus/*"))
+
+
+def apply_host_settings() -> list[str]:
+    """Environment settings made before OneFlow loads; return the names of those this call set.
+
+    Always: glog's INFO/WARNING lines hidden (errors still show). On a machine without a GPU only
+    (never for a CUDA job: a GPU's ERROR lines matter, and its VM threads should run as OneFlow
+    intends), the CPU-only settings: glog's ERROR lines hidden too (without a GPU they are only
+    "no CUDA runtime" noise; FATAL still shows), OneFlow's VM worker threads kept from spinning on
+    idle cores (10x the system time, same speed), freed buffers kept (:func:`_keep_freed_buffers`)
+    and OpenBLAS's kernels chosen on AMD CPUs (:func:`_choose_openblas_kernels`). A variable the
+    user set is left alone.
+    """
+    before = dict(os.environ)
+    gpu = gpu_present()
+    os.environ.setdefault("GLOG_minloglevel", "2" if gpu else "3")
+    if not gpu:
+        os.environ.setdefault("ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD", "0")
+        _keep_freed_buffers()
+        _choose_openblas_kernels()
+    return sorted(k for k in os.environ if k not in before)
+
+
 def import_oneflow():
     """Return the ``oneflow`` module, importing it once, quietly, with the CUDA libraries found.
 
@@ -159,14 +192,7 @@ def import_oneflow():
     if "oneflow" in sys.modules and hasattr(sys.modules["oneflow"], "Tensor"):
         _FLOW = sys.modules["oneflow"]
         return _FLOW
-    # glog's INFO/WARNING lines are noise for users; errors still show.
-    # (on a machine without a GPU its ERROR lines are only "no CUDA runtime" noise: FATAL still shows)
-    os.environ.setdefault("GLOG_minloglevel", "2" if os.path.exists("/dev/nvidia0") else "3")
-    # Without a GPU, OneFlow's VM worker threads spin on idle cores: 10x the system time, same speed.
-    if not os.path.exists("/dev/nvidia0"):
-        os.environ.setdefault("ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD", "0")
-        _keep_freed_buffers()
-    _choose_openblas_kernels()
+    apply_host_settings()
     if int(os.environ.get("RANK", "0")) > 0:
         time.sleep(1.0)  # let rank 0 start its control server first (see module docstring)
     try:
@@ -226,18 +252,82 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def _driver_version() -> str | None:
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            first = f.readline()
+    except OSError:
+        return None
+    words = [w for w in first.split() if w[:1].isdigit() and "." in w]
+    return words[0] if words else None
+
+
+def cuda_device_count() -> int:
+    """How many GPUs OneFlow can use on this machine (0 without a GPU, or with a driver too old)."""
+    flow = import_oneflow()
+    return flow.cuda.device_count() if flow.cuda.is_available() else 0
+
+
+def no_gpu_reason() -> str:
+    """Why OneFlow sees no usable GPU here, in one sentence for an error message."""
+    files = gpu_device_files()
+    if not files and not glob.glob("/proc/driver/nvidia/gpus/*"):
+        return ("this machine shows no NVIDIA GPU (no /dev/nvidia<N> device file: no GPU, no driver "
+                "loaded, or a container started without GPUs)")
+    version = _driver_version()
+    shown = ", ".join(files) if files else "GPUs under /proc/driver/nvidia"
+    return (f"the NVIDIA driver{' ' + version if version else ''} shows {shown}, but OneFlow counts "
+            "0 usable GPUs: OneFlow 0.9.0's wheel is built for CUDA 11.7 and needs driver >= 515 "
+            "(check `nvidia-smi` and CUDA_VISIBLE_DEVICES)")
+
+
+def check_launch_devices(device: str, nproc_per_node: int) -> str:
+    """Before ``nproc_per_node`` processes start on this machine: the device kind they will use.
+
+    Returns ``"cpu"`` or ``"cuda"``; raises ValueError, saying why, where the processes could not
+    have the devices they are asked for: ``--device cuda`` without a usable GPU, ``--device auto``
+    with several processes and no usable GPU (several CPU processes are ``--device cpu``, never a
+    silent fall back), or more processes than GPUs (local rank r uses GPU r).
+    """
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"--device must be one of auto, cuda, cpu (got {device!r})")
+    if device == "cpu":
+        return "cpu"
+    count = cuda_device_count()
+    if count == 0:
+        if device == "cuda":
+            raise ValueError(f"--device cuda: {no_gpu_reason()}")
+        if nproc_per_node > 1:
+            raise ValueError(
+                f"--device auto with --gpu_num_per_node {nproc_per_node}: {no_gpu_reason()}. To run "
+                f"{nproc_per_node} processes on the CPU, say so with --device cpu")
+        return "cpu"
+    if nproc_per_node > count:
+        raise ValueError(
+            f"--gpu_num_per_node {nproc_per_node}, but OneFlow sees {count} GPU(s) on this machine "
+            f"(local rank r uses GPU r): use --gpu_num_per_node {count} or fewer, or check "
+            "CUDA_VISIBLE_DEVICES")
+    return "cuda"
+
+
 def resolve_device(device: str = "auto") -> str:
     """Map ``auto``/``cuda``/``cpu`` to a OneFlow device string for this rank (``cuda:<local_rank>``).
 
-    ``cuda`` on a machine without a usable GPU is an error rather than a silent fall back to the CPU.
+    ``cuda`` on a machine without a usable GPU, or a local rank without its GPU, is an error rather
+    than a silent fall back to the CPU.
     """
-    flow = import_oneflow()
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"--device must be one of auto, cuda, cpu (got {device!r})")
+    if device == "cpu":
+        return "cpu"
+    count = cuda_device_count()
     if device == "auto":
-        device = "cuda" if flow.cuda.is_available() else "cpu"
+        device = "cuda" if count > 0 else "cpu"
     if device == "cuda":
-        if not flow.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but OneFlow sees no usable GPU on this machine")
+        if count == 0:
+            raise RuntimeError(f"--device cuda was asked for, but OneFlow sees no usable GPU: {no_gpu_reason()}")
+        if local_rank() >= count:
+            raise RuntimeError(f"local rank {local_rank()} has no GPU: OneFlow sees {count} GPU(s) "
+                               "on this machine (local rank r uses GPU r)")
         return f"cuda:{local_rank()}"
     return "cpu"

@@ -402,6 +402,7 @@ def launch(options: PretrainingOptions, nproc_per_node: int = 2, node_num: int =
     options save checkpoints.
     ``validate=False``: the options come from :func:`prepare` already.
     """
+    runtime.check_launch_devices(options.device, nproc_per_node)  # no silent CPU processes, a GPU per rank
     first = first_node(node_list, node_num)
     prepared = prepare(options, nproc_per_node * node_num, validate=validate, claim=first)
     locks = claim_run_dirs(prepared.options, prepared.config) if first else []

@@ -675,6 +675,7 @@ def launch(options: SquadOptions, nproc_per_node: int = 2, node_num: int = 1,
     """
     from .pretraining import first_node
 
+    runtime.check_launch_devices(options.device, nproc_per_node)  # no silent CPU processes, a GPU per rank
     first = first_node(node_list, node_num)
     if info is None:
         info = prepare(options, nproc_per_node * node_num, progress=options.progress and sys.stderr.isatty(),
