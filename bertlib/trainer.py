@@ -15,7 +15,9 @@ Two ways to run a step:
   all-reduce itself. Mixed precision (``use_fp16``) is a graph feature in OneFlow 0.9.
 
 Determinism: dropout is re-seeded from (seed, step, rank) at every step and the data position is
-saved, so N + N steps with a resume in between print the same losses as 2N steps in one run.
+saved, so N + N steps with a resume in between print the same losses as 2N steps in one run. A
+graph fixes its dropout stream when it compiles, so in graph mode the graph is rebuilt after every
+checkpoint (see :class:`bertlib.graph.GraphTrainStep`): the 2N run matches when it saved at step N too.
 """
 from __future__ import annotations
 
