@@ -599,8 +599,14 @@ def _describe(model, note: str, info: dict, device: str, world: int):
     from ..summary import count_parameters
 
     cfg = model.config
+    source = info["model_dir"]
+    try:  # the packaged MiniLM by name: its site-packages path says nothing to a reader
+        if Path(source).resolve() == minilm_dir().resolve():
+            source = f"the {MINILM_PACKAGE.replace('_', '-')} package"
+    except FileNotFoundError:
+        pass
     print(f"model: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} "
-          f"heads, {count_parameters(model) / 1e6:.1f}M parameters from {info['model_dir']}"
+          f"heads, {count_parameters(model) / 1e6:.1f}M parameters from {source}"
           + (f" ({note})" if note else "") + f"; device {device}; {world} process(es)", flush=True)
 
 
