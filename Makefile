@@ -14,7 +14,7 @@ endif
 # Tests and notebooks run on the CPU with small settings; BERTLIB_SMOKE shrinks notebook runs further.
 TEST_ENV  := BERTLIB_SMOKE=1 MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
 
-.PHONY: install test unit notebooks demo kernel lab bench wheel-check clean
+.PHONY: install test unit notebooks lint demo kernel lab bench wheel-check clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ unit: $(STAMP)
 
 notebooks: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# ruff's pyflakes and pycodestyle rules (configured in pyproject.toml)
+lint: $(STAMP)
+	$(PY) -m ruff check bertlib tests bench tools
 
 demo: $(STAMP)
 	$(BIN)bert-pretrain

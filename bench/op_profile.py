@@ -17,7 +17,6 @@ Times are the minimum over repetitions (least disturbed by other load on the mac
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -96,14 +95,18 @@ def profile_step(flow, cfg, args, rate):
 
     parts = {"forward": [], "backward": [], "optimizer step": []}
     for i in range(args.reps + 1):
-        sync(); t0 = time.perf_counter()
+        sync()
+        t0 = time.perf_counter()
         loss = forward()
-        sync(); t1 = time.perf_counter()
+        sync()
+        t1 = time.perf_counter()
         loss.backward()
-        sync(); t2 = time.perf_counter()
+        sync()
+        t2 = time.perf_counter()
         opt.step()
         opt.zero_grad()
-        sync(); t3 = time.perf_counter()
+        sync()
+        t3 = time.perf_counter()
         if i:
             for name, t in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
                 parts[name].append(t)
@@ -146,7 +149,7 @@ def profile_layer(flow, cfg, args, rate):
         "dropout + residual add (x2)": 2 * timed(lambda a, b: b + hidden_dropout(a), (B, S, H), (B, S, H)),
     }
     layer_flops = 6 * B * S * (4 * H * H + 2 * H * I) + 12 * B * S * S * H
-    print(f"| one encoder layer, fwd+bwd, each piece timed alone | ms | share |\n|---|---:|---:|")
+    print("| one encoder layer, fwd+bwd, each piece timed alone | ms | share |\n|---|---:|---:|")
     print(f"| whole layer | {1e3 * full:.1f} | 100% |")
     for name, t in pieces.items():
         print(f"| {name} | {1e3 * t:.1f} | {100 * t / full:.0f}% |")

@@ -102,10 +102,10 @@ def lever_runs(config: str, cores: int) -> list:
         Run("+ OpenBLAS AVX2 kernels (OPENBLAS_CORETYPE=Haswell)", procs=1, micro=one, builtin_kernels=True),
         Run("+ bertlib CPU kernels", procs=1, micro=one),
         Run(f"+ {cores} processes (one per core)", procs=cores, micro=micro),
-        Run(f"same, OneFlow's kernels", procs=cores, micro=micro, builtin_kernels=True),
-        Run(f"same, nn.Graph instead of eager", mode="graph", procs=cores, micro=micro),
-        Run(f"same, MLM logits at all 128 positions", procs=cores, micro=micro, mlm_everywhere=True),
-        Run(f"same, ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD=1", procs=cores, micro=micro,
+        Run("same, OneFlow's kernels", procs=cores, micro=micro, builtin_kernels=True),
+        Run("same, nn.Graph instead of eager", mode="graph", procs=cores, micro=micro),
+        Run("same, MLM logits at all 128 positions", procs=cores, micro=micro, mlm_everywhere=True),
+        Run("same, ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD=1", procs=cores, micro=micro,
             env={"ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD": "1"}),
     ]
     if micro != RSS_BATCH:
@@ -270,7 +270,9 @@ def ensure_reference_env(ref_python: str):
 def _label(r):
     if r["framework"] == "hf":
         name = {"gathered": "HF/PyTorch (a) same work", "full": "HF/PyTorch (b) as users call it"}[r["variant"]]
-        return name if r.get("threads", 0) == os.cpu_count() or "threads" not in r else f"{name}, {r['threads']} thread(s)"
+        if r.get("threads", 0) == os.cpu_count() or "threads" not in r:
+            return name
+        return f"{name}, {r['threads']} thread(s)"
     return f"bertlib: {r['label']}"
 
 
@@ -412,7 +414,8 @@ def main(argv=None):
         ok = [r for r in results if r["config"] == config and r["framework"] == "bertlib" and "error" not in r]
         if ok:
             best_key[config] = id(max(ok, key=lambda r: r["samples_per_s"]))
-    out = [f"Command: `python bench/pretrain_throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", " `").rstrip(),
+    flags = " ".join(argv if argv is not None else sys.argv[1:])
+    out = [f"Command: `python bench/pretrain_throughput.py {flags}`".rstrip(),
            f"Machine: {platform.node()}, {cores} cores ({_cpu_model()}), {_mem_gb():.0f} GB RAM; "
            f"date {started:%Y-%m-%d %H:%M}; load average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}",
            f"sgemm peak of the same {cores} cores (2048^3, best of 8; OneFlow: one process per core at once): "

@@ -804,7 +804,8 @@ class _BatchChecker:
                 msg = (f"feature {name!r} holds token id {value} at position {at}, outside the vocabulary "
                        f"[0, {self.vocab_size}) (data made with another vocab.txt?)")
             else:
-                msg = f"feature {name!r} holds {value} at position {at}, outside [{self.ranges[name][0]}, {self.ranges[name][1]})"
+                low, high = self.ranges[name]
+                msg = f"feature {name!r} holds {value} at position {at}, outside [{low}, {high})"
             raise DataError(f"{path}: record {index} at byte offset {offset}: {msg}")
 
 

@@ -75,7 +75,8 @@ def test_lookup_order(no_lookup, monkeypatch):
     assert full_data_dir(explicit) == explicit              # 1. an explicit path first of all
     data = find_data(path=explicit)
     assert data.full and data.squad_dev == explicit / "squad/dev-v1.1.json"
-    assert data.squad_train == explicit / "squad/train-v1.1.json" and data.corpus == [explicit / "corpus/wikitext-2/valid.txt"]
+    assert data.squad_train == explicit / "squad/train-v1.1.json"
+    assert data.corpus == [explicit / "corpus/wikitext-2/valid.txt"]
     monkeypatch.setenv("BERTLIB_DATA_DIR", "none")          # switched off: the samples, whatever exists
     assert full_data_dir() is None and find_data().root == sample_dir()
 

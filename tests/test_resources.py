@@ -34,7 +34,8 @@ def test_default_data_and_vocab(cache):
     summary = validate_data_dir(data_dir, pretraining_schema(64, 10), 2, vocab_size=len(vocab),
                                 id_features=("input_ids", "masked_lm_ids"))
     assert summary.num_records > 1000
-    assert default_pretraining_data(seq_length=64, max_predictions_per_seq=10, data_part_num=2) == (data_dir, vocab_file)
+    again = default_pretraining_data(seq_length=64, max_predictions_per_seq=10, data_part_num=2)
+    assert again == (data_dir, vocab_file)
     assert not list(data_dir.parent.glob("*.tmp"))
 
 

@@ -284,7 +284,8 @@ def test_vocab_case_must_match_lower_casing(tmp_path):
         check_vocab_case(VOCAB, do_lower_case=False)
     assert check_vocab_case(VOCAB, do_lower_case=True) is True
     cased = tmp_path / "cased.txt"
-    cased.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "The", "the", "Paris", "is", "##s"]) + "\n")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "The", "the", "Paris", "is", "##s"]
+    cased.write_text("\n".join(words) + "\n")
     with pytest.raises(SquadDataError, match="vocab is cased.*--do_lower_case false"):
         check_vocab_case(cased, do_lower_case=True)
     assert check_vocab_case(cased, do_lower_case=False) is False

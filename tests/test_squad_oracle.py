@@ -69,7 +69,8 @@ def test_span_rules_hand_made(tokenizer, tmp_path):
     examples = read_squad_examples(_paragraph("Alpha beta (gamma-delta) epsilon zeta."))
     (f,) = convert_examples_to_features(examples, tokenizer)
     pos = {t: i for i, t in enumerate(f.tokens) if i >= f.doc_offset}
-    assert f.tokens[f.doc_offset:] == ["alpha", "beta", "(", "gamma", "-", "delta", ")", "epsilon", "zeta", ".", "[SEP]"]
+    assert f.tokens[f.doc_offset:] == ["alpha", "beta", "(", "gamma", "-", "delta", ")", "epsilon", "zeta", ".",
+                                       "[SEP]"]
     start, end = _logits(
         f,
         start_at=[(1, 50.0), (pos["epsilon"], 9.0), (pos["gamma"], 6.0), (pos["alpha"], 5.0)],

@@ -28,13 +28,17 @@ from .features import (
 from .postprocess import RawResult, get_final_text, postprocess_predictions, write_predictions
 
 __all__ = [
+    "Answer",
     "FIRST_UNIQUE_ID",
     "MANIFEST_NAME",
+    "QAError",
+    "QuestionAnswerer",
     "RawResult",
     "SquadDataError",
     "SquadEvalError",
     "SquadExample",
     "SquadFeature",
+    "answer",
     "check_vocab_case",
     "convert_examples_to_features",
     "evaluate",
