@@ -333,8 +333,17 @@ class BertPreTrainingHeads(nn.Module):
 
 
 def gather_positions(hidden, positions):
-    """hidden float32 [B, S, H], positions int64 [B, P] -> float32 [B, P, H] (the rows at positions)."""
+    """hidden float32 [B, S, H], positions int64 [B, P] -> float32 [B, P, H] (the rows at positions).
+
+    Global tensors (a graph across processes, both split on the batch axis) take a gather along
+    the sequence axis, which OneFlow runs on each rank's own rows, forward and backward. The flat
+    ``index_select`` of local tensors would there all-gather the indices, sum the output across
+    ranks and all-gather its gradient every step.
+    """
     B, S, H = hidden.shape
+    if hidden.is_global:
+        index = positions.unsqueeze(-1).expand(B, positions.shape[1], H)                      # [B, P, H]
+        return flow.gather(hidden, 1, index)                                                 # [B, P, H]
     P = positions.shape[1]
     offsets = (_arange(B, like=positions) * S).unsqueeze(1)                                   # [B, 1]
     flat = (positions + offsets).reshape(B * P)                                              # [B*P]
