@@ -55,6 +55,11 @@ bench: $(STAMP)
 	$(PY) bench/data_throughput.py
 	$(PY) bench/pretrain_throughput.py
 
+# On a machine with CUDA GPUs, first: short runs of every GPU path and one table to paste into an
+# issue (under 10 minutes). Without a GPU it says so and exits 0.
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py
+
 # The package as pip users get it: build the wheel, install it (not editable) into a fresh venv and
 # use it from outside the checkout: import, --help, a tiny pre-training run, the shipped sample data.
 WHEEL_DIR := build/wheel-check
