@@ -6,8 +6,8 @@
 Nothing in bertlib's test suite has a GPU, so this is where the CUDA path first runs. In under ten
 minutes (BERT-base's runs are a few dozen steps) it runs bert-pretrain with the tiny preset and
 with BERT-base, on 1 GPU and on all of them, eager and graph, fp32 and fp16 (fp16 is graph-only);
-a save at step 3 of 6 and a run resumed from it, whose losses must equal the uninterrupted run's; and a SQuAD fine-tuning
-step from the tiny checkpoint. Each row: samples/s (the last log period), the last loss, whether
+a save at step 3 of 6 and a run resumed from it, whose losses must equal the uninterrupted run's;
+and a SQuAD fine-tuning step from the tiny checkpoint. Each row: samples/s (the last log period), the last loss, whether
 the resume was identical, the peak GPU memory nvidia-smi saw, and ok or the error's last line.
 
 Paste the whole output (table and the header lines above it) into an issue.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
