@@ -42,7 +42,7 @@ import numpy as np
 
 from .examples import SquadDataError, read_squad_examples
 from .features import check_vocab_case, convert_examples_to_features
-from .postprocess import RawResult, postprocess_predictions
+from .postprocess import RawResult, final_text_span, postprocess_predictions
 
 __all__ = ["Answer", "QAError", "QuestionAnswerer", "answer", "clear_model_cache",
            "resolve_model_dir"]
@@ -371,37 +371,6 @@ def _as_squad(pairs) -> dict:
                                                   for c, qas in paragraphs.items()]}]}
 
 
-@lru_cache(maxsize=2)
-def _basic_tokenize(do_lower_case: bool):
-    # The normalisation and punctuation splitting that get_final_text aligns its text with;
-    # the span found here is checked against post-processing's text, so a drift cannot go unseen.
-    from tokenizers import normalizers, pre_tokenizers
-
-    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                            strip_accents=None, lowercase=do_lower_case)
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    return lambda text: [p for p, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
-
-
-def _final_span(pred_text: str, orig_text: str, do_lower_case: bool) -> tuple[int, int]:
-    """``[a, b)`` in ``orig_text`` of the text that ``get_final_text(pred_text, orig_text)``
-    returns (the whole of ``orig_text`` where it falls back to it)."""
-    whole = (0, len(orig_text))
-    tok_text = " ".join(_basic_tokenize(do_lower_case)(orig_text))
-    start = tok_text.find(pred_text)
-    if start == -1:
-        return whole
-    end = start + len(pred_text) - 1
-    if len(orig_text) - orig_text.count(" ") != len(tok_text) - tok_text.count(" "):
-        return whole
-    if tok_text[start] == " " or tok_text[end] == " ":
-        return whole
-    # the n-th non-space character of the normalised text is the n-th of the original
-    positions = [i for i, ch in enumerate(orig_text) if ch != " "]
-    return (positions[start - tok_text.count(" ", 0, start)],
-            positions[end - tok_text.count(" ", 0, end)] + 1)
-
-
 def _locate(entry: dict, example, features, table, max_answer_length: int,
             do_lower_case: bool) -> tuple[int, int] | None:
     """Character span ``[start, end)`` in the context of one n-best entry, or None.
@@ -436,7 +405,7 @@ def _span_in_context(feature, example, s: int, e: int, do_lower_case: bool) -> t
     first_word, last_word = feature.orig_word_index(s), feature.orig_word_index(e)
     words = example.doc_tokens[first_word : last_word + 1]
     orig_text = " ".join(words)
-    a, b = _final_span(tok_text, orig_text, do_lower_case)
+    a, b = final_text_span(tok_text, orig_text, do_lower_case)
     # Where each word starts in the joined text and in the context; a and b - 1 are never the
     # joining spaces (the span starts and ends on a non-space character).
     word_starts = np.searchsorted(example.char_to_word_offset, np.arange(first_word, last_word + 1))
