@@ -16,6 +16,7 @@ TOOLS = {  # console script -> module
     "bert-train-vocab": "train_vocab", "bert-validate-data": "validate_data",
     "bert-make-squad-data": "make_squad_data", "bert-squad": "squad",
     "bert-squad-evaluate": "squad_evaluate", "bert-squad-answer": "squad_answer",
+    "bert-tensorboard": "tensorboard",
 }
 WITH_PROGRESS = ("bert-pretrain", "bert-make-pretraining-data", "bert-train-vocab", "bert-make-squad-data",
                  "bert-squad")
@@ -139,3 +140,11 @@ def test_a_flag_the_data_contradicts_is_one_line_and_exit_2(data_64, flag, value
     assert proc.stderr.startswith(f"bert-pretrain: error: {flag} {value} contradicts the data: ")
     assert f"{flag[2:]} {recorded} (bertlib_data.json); leave {flag} out" in proc.stderr
     assert "Running bert" not in proc.stdout
+
+
+def test_every_console_script_is_checked_here():
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text()
+    scripts = dict(re.findall(r'^(bert-[\w-]+) = "bertlib\.cli\.(\w+):main"$', text, re.M))
+    assert scripts == TOOLS
