@@ -809,13 +809,20 @@ class _BatchChecker:
             raise DataError(f"{path}: record {index} at byte offset {offset}: {msg}")
 
 
+def _progress_bar(show: bool, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not show)
+
+
 def validate_data_dir(data_dir: str | os.PathLike, schema: Mapping[str, tuple], data_part_num: int,
                       num_ranks: int = 1, vocab_size: int | None = None,
                       id_features: Sequence[str] = ("input_ids",), prefix: str = "part-",
                       suffix_length: int | None = None,
                       max_records_per_part: int | None = None,
                       value_ranges: Mapping[str, tuple[float, float]] | None = None,
-                      decode_parts: Iterable[int] | None = None) -> ValidationSummary:
+                      decode_parts: Iterable[int] | None = None,
+                      progress: bool = False) -> ValidationSummary:
     """Check a data directory before OneFlow's reader sees it; raise :class:`DataError` on problems.
 
     Checked: the directory and all ``data_part_num`` part files exist; ``data_part_num >= num_ranks``
@@ -828,7 +835,7 @@ def validate_data_dir(data_dir: str | os.PathLike, schema: Mapping[str, tuple], 
 
     The framing of every record of every part is always checked (it also counts the records).
     ``decode_parts`` (part indices; None = all) and ``max_records_per_part`` (None = all) limit the
-    full decode, e.g. to the parts one rank reads.
+    full decode, e.g. to the parts one rank reads. ``progress``: a progress bar over the bytes.
     """
     data_dir = Path(data_dir)
     schema = schema if isinstance(schema, Schema) else Schema(schema)
@@ -856,6 +863,7 @@ def validate_data_dir(data_dir: str | os.PathLike, schema: Mapping[str, tuple], 
     checker = _BatchChecker(schema, vocab_size, id_features, value_ranges)
     decode = set(range(data_part_num) if decode_parts is None else decode_parts)
     counts, total_bytes = [], 0
+    bar = _progress_bar(progress, sum(p.stat().st_size for p in paths), f"checking {data_dir.name}")
     for part, p in enumerate(paths):
         limit = (max_records_per_part if max_records_per_part is not None else float("inf")) \
             if part in decode else 0
@@ -876,8 +884,12 @@ def validate_data_dir(data_dir: str | os.PathLike, schema: Mapping[str, tuple], 
                         batch = []
                 offset += 8 + length
                 n += 1
+                if n % 4096 == 0:  # bytes of the parts before this one, plus this one's so far
+                    bar.update(total_bytes - size + offset - bar.n)
         if batch:
             checker.check(p, batch)
         counts.append(n)
+        bar.update(total_bytes - bar.n)
+    bar.close()
     per_rank = [sum(counts[i] for i in r) for r in rank_part_ranges(data_part_num, num_ranks)]
     return ValidationSummary(data_dir, paths, counts, total_bytes, num_ranks, per_rank)

@@ -19,7 +19,7 @@ TOOLS = {  # console script -> module
     "bert-tensorboard": "tensorboard",
 }
 WITH_PROGRESS = ("bert-pretrain", "bert-make-pretraining-data", "bert-train-vocab", "bert-make-squad-data",
-                 "bert-squad")
+                 "bert-squad", "bert-validate-data")
 WITH_LOWER_CASE = ("bert-make-pretraining-data", "bert-train-vocab", "bert-make-squad-data", "bert-squad",
                    "bert-squad-answer")
 

@@ -261,3 +261,27 @@ def test_validation_can_be_limited_to_some_parts(data_dir):
     # part-1 is only framing-checked when the caller decodes parts 0 and 2 (another rank's job).
     summary = validate_data_dir(data_dir, SCHEMA, 3, value_ranges={"label": (0, 2)}, decode_parts=[0, 2])
     assert summary.records_per_part == [4, 1, 4]
+
+
+def test_decoding_a_sample_of_each_part_still_frames_every_record(data_dir):
+    bad_label = {**good(0), "label": np.array([7], np.int32)}
+    replace_part(data_dir, [good(0), good(1), bad_label])
+    # the third record of part-1 is past the first 2 decoded, so its label is not read...
+    summary = validate_data_dir(data_dir, SCHEMA, 3, value_ranges={"label": (0, 2)}, max_records_per_part=2)
+    assert summary.records_per_part == [4, 3, 4]
+    with pytest.raises(DataError, match=r"part-1: record 2 .*'label' holds 7"):
+        validate_data_dir(data_dir, SCHEMA, 3, value_ranges={"label": (0, 2)})
+    # ...but a broken frame anywhere is found whatever the sample
+    part1 = data_dir / "part-1"
+    part1.write_bytes(part1.read_bytes()[:-3])
+    with pytest.raises(DataError, match=r"part-1: record 2 at byte offset \d+: record claims"):
+        validate_data_dir(data_dir, SCHEMA, 3, max_records_per_part=1)
+
+
+def test_validation_progress_bar_counts_every_byte(data_dir, capsys):
+    validate_data_dir(data_dir, SCHEMA, 3, progress=True)
+    err = capsys.readouterr().err
+    total = sum(p.stat().st_size for p in data_dir.glob("part-*"))
+    assert "checking data: 100%" in err and f"{total}/{total}" in err
+    validate_data_dir(data_dir, SCHEMA, 3)
+    assert capsys.readouterr().err == ""

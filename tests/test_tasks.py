@@ -122,3 +122,29 @@ def test_squad_run_fine_tunes_predicts_and_scores_in_process(tiny_qa, tmp_path):
     scores = squad.score(info["predict_file"], predicted["predictions"])
     assert scores["exact_match"] == pytest.approx(results["exact_match"])
     assert scores["f1"] == pytest.approx(results["f1"])
+
+
+def test_prepare_decodes_a_sample_of_large_parts_and_frames_all(shards, tmp_path, monkeypatch):
+    """The records past DECODE_PER_PART of a part are framed, not decoded: a bad id there passes
+    prepare() (bert-validate-data decodes every record), a broken frame anywhere does not."""
+    import shutil
+
+    from bertlib.ofrecord import read_records, write_shards
+    from bertlib.tasks import pretraining
+
+    data = tmp_path / "data"
+    shutil.copytree(shards, data)
+    records = list(read_records([data / "part-1"]))
+    records[-1]["input_ids"][0] = 10**6                     # beyond the vocab, in the last record
+    (data / "part-1").unlink()
+    write_shards(records, tmp_path / "one", 1)
+    shutil.move(tmp_path / "one" / "part-0", data / "part-1")
+    options = small_pretraining(data, tmp_path / "log")
+    with pytest.raises(ValueError, match="token id 1000000"):
+        pretraining.prepare(options)                        # all records decoded: small parts
+    monkeypatch.setattr(pretraining, "DECODE_PER_PART", 10)
+    pretraining.prepare(options)                            # the bad record is past the sample
+    part = data / "part-1"
+    part.write_bytes(part.read_bytes()[:-5])
+    with pytest.raises(ValueError, match="record claims"):
+        pretraining.prepare(options)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..schemas import SCHEMA_NAMES
-from .common import make_parser, run_cli
+from .common import add_progress_flag, make_parser, run_cli
 
 PROG = "bert-validate-data"
 
@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part_name_prefix", default="part-", help="file name prefix of the parts")
     p.add_argument("--part_name_suffix_length", type=int, default=None,
                    help="zero-padded index width (5 for part-00000)")
+    p.add_argument("--max_records_per_part", type=int, default=None,
+                   help="decode only the first N records of each part (the framing of all is checked); "
+                        "default: all")
+    add_progress_flag(p)
     return p
 
 
@@ -69,7 +73,9 @@ def _validate(args):
                             or meta.get("max_predictions_per_seq", 20))
     parts = args.data_part_num or count_parts(data_dir, args.part_name_prefix, args.part_name_suffix_length)
     summary = schema.validate(data_dir, parts, num_ranks=args.num_ranks, vocab_size=vocab_size,
-                              prefix=args.part_name_prefix, suffix_length=args.part_name_suffix_length)
+                              prefix=args.part_name_prefix, suffix_length=args.part_name_suffix_length,
+                              max_records_per_part=args.max_records_per_part,
+                              progress=not args.no_progress and sys.stderr.isatty())
     print(f"OK: {summary}; schema {schema_name} {schema!r}"
           + (f"; token ids < {vocab_size}" if vocab_size else "; token ids not checked (no vocab size)"))
 
