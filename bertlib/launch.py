@@ -404,10 +404,24 @@ def _first_failure(ranks: list[_Rank], watch: _NodeWatch | None) -> _Rank | None
             if code is None:
                 running = True
             elif code != 0:
-                return r
+                return _root_cause(ranks, r)
         if not running:
             return None
         time.sleep(_POLL_SECONDS)
+
+
+# When one rank fails, OneFlow aborts the others (SIGABRT, "Check failed" in its IO poller) within
+# moments, and the abort can be seen first: wait this long, then name the rank that caused it.
+_SETTLE_SECONDS = 1.0
+
+
+def _root_cause(ranks: list[_Rank], first: _Rank) -> _Rank:
+    """The failed rank to name: one that did not die of SIGABRT if there is one, else ``first``."""
+    deadline = time.monotonic() + _SETTLE_SECONDS
+    while time.monotonic() < deadline and any(r.proc.poll() is None for r in ranks):
+        time.sleep(_POLL_SECONDS)
+    causes = [r for r in ranks if r.proc.poll() not in (None, 0, -signal.SIGABRT)]
+    return causes[0] if causes else first
 
 
 def _exit_status(code: int) -> int:
