@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bertlib.datasets import find_data
+from helpers.shards import make_wikitext_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = find_data()
@@ -18,13 +19,7 @@ TINY = ["--num_hidden_layers", "1", "--num_attention_heads", "2", "--hidden_size
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from bertlib.pretraining_data import create_pretraining_data
-
-    out = tmp_path_factory.mktemp("shards")
-    wiki = [f for f in DATA.wikitext if f.name.startswith("test")] or DATA.wikitext
-    create_pretraining_data(wiki[0], DATA.vocab, out, dupe_factor=1 if DATA.full else 4, data_part_num=4,
-                            progress=False)
-    return out
+    return make_wikitext_shards(tmp_path_factory.mktemp("shards"), data_part_num=4)
 
 
 def _records(shards, log_dir, mode):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bertlib.datasets import find_data
+from helpers.shards import make_wikitext_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = find_data()  # full-size when found, else the samples shipped with bertlib
@@ -33,14 +34,7 @@ def pretrain(*args, timeout=240):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from bertlib.pretraining_data import create_pretraining_data
-
-    out = tmp_path_factory.mktemp("shards")
-    # WikiText-2's test split (~2,400 instances), or the sample's 8 articles in 4 passes (~900)
-    wiki = [f for f in DATA.wikitext if f.name.startswith("test")] or DATA.wikitext
-    create_pretraining_data(wiki[0], DATA.vocab, out, dupe_factor=1 if DATA.full else 4, data_part_num=4,
-                            progress=False)
-    return out
+    return make_wikitext_shards(tmp_path_factory.mktemp("shards"), data_part_num=4)
 
 
 def test_help_documents_every_original_flag():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bertlib.datasets import find_data
+from helpers.shards import make_wikitext_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = find_data()  # full-size when found, else the samples shipped with bertlib
@@ -20,13 +21,7 @@ needs_data = pytest.mark.skipif(TRAIN is None, reason="no SQuAD training file in
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from bertlib.pretraining_data import create_pretraining_data
-
-    out = tmp_path_factory.mktemp("shards")
-    wiki = [f for f in DATA.wikitext if f.name.startswith("test")] or DATA.wikitext
-    create_pretraining_data(wiki[0], VOCAB, out, dupe_factor=1 if DATA.full else 4, data_part_num=2,
-                            progress=False)
-    return out
+    return make_wikitext_shards(tmp_path_factory.mktemp("shards"), data_part_num=2)
 
 
 def small_pretraining(shards, log_dir, **overrides):

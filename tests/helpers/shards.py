@@ -1,0 +1,13 @@
+"""Pre-training shards the CLI, task and graph tests train on, made from real text."""
+from bertlib.datasets import find_data
+
+
+def make_wikitext_shards(out, data_part_num: int):
+    """WikiText-2's test split (~2,400 instances), or the shipped sample's 8 articles read 4 times (~900)."""
+    from bertlib.pretraining_data import create_pretraining_data
+
+    data = find_data()
+    wiki = [f for f in data.wikitext if f.name.startswith("test")] or data.wikitext
+    create_pretraining_data(wiki[0], data.vocab, out, dupe_factor=1 if data.full else 4,
+                            data_part_num=data_part_num, progress=False)
+    return out
