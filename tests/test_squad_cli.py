@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bertlib.datasets import find_data
+from helpers.shards import save_tiny_qa_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = find_data()  # full-size when found, else the samples shipped with bertlib
@@ -32,14 +33,7 @@ def bert_squad(*args, timeout=240):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A randomly initialised 2-layer BERT saved in Hugging Face format (no vocab.txt inside)."""
-    from bertlib.config import BertConfig
-    from bertlib.model import BertForQuestionAnswering
-    from bertlib.runtime import import_oneflow
-
-    import_oneflow().manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    BertForQuestionAnswering(BertConfig.tiny(vocab_size=30522)).save_pretrained(path)
-    return path
+    return save_tiny_qa_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

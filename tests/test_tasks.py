@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bertlib.datasets import find_data
-from helpers.shards import make_wikitext_shards
+from helpers.shards import make_wikitext_shards, save_tiny_qa_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = find_data()  # full-size when found, else the samples shipped with bertlib
@@ -81,14 +81,7 @@ def test_bad_options_fail_before_any_work(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_qa(tmp_path_factory):
-    from bertlib.config import BertConfig
-    from bertlib.model import BertForQuestionAnswering
-    from bertlib.runtime import import_oneflow
-
-    import_oneflow().manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_qa") / "model"
-    BertForQuestionAnswering(BertConfig.tiny(vocab_size=30522)).save_pretrained(path)
-    return path
+    return save_tiny_qa_model(tmp_path_factory.mktemp("tiny_qa") / "model")
 
 
 @needs_data

@@ -1,4 +1,4 @@
-"""Pre-training shards the CLI, task and graph tests train on, made from real text."""
+"""Real data and tiny models the CLI, task and graph tests share."""
 from bertlib.datasets import find_data
 
 
@@ -11,3 +11,14 @@ def make_wikitext_shards(out, data_part_num: int):
     create_pretraining_data(wiki[0], data.vocab, out, dupe_factor=1 if data.full else 4,
                             data_part_num=data_part_num, progress=False)
     return out
+
+
+def save_tiny_qa_model(path):
+    """A randomly initialised 2-layer BertForQuestionAnswering (seed 0) saved in Hugging Face format."""
+    from bertlib.config import BertConfig
+    from bertlib.model import BertForQuestionAnswering
+    from bertlib.runtime import import_oneflow
+
+    import_oneflow().manual_seed(0)
+    BertForQuestionAnswering(BertConfig.tiny(vocab_size=30522)).save_pretrained(path)
+    return path
