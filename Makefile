@@ -38,7 +38,7 @@ notebooks: $(STAMP)
 
 # ruff's pyflakes and pycodestyle rules (configured in pyproject.toml)
 lint: $(STAMP)
-	$(PY) -m ruff check bertlib tests bench tools
+	$(PY) -m ruff check bertlib tests bench tools conftest.py
 
 demo: $(STAMP)
 	$(BIN)bert-pretrain
