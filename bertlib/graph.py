@@ -94,6 +94,7 @@ class GraphTrainStep:
         self._params = [p for group in optimizer.param_groups for p in group.parameters]
         self.graph = self._make()
         self.accumulation, self.placement = accumulation, placement
+        self._checked = False   # the batches' meta-data checked across ranks (first step only)
 
     def restart(self, device: str):
         """Carry the training state into a new graph, which compiles at its first call."""
@@ -112,10 +113,19 @@ class GraphTrainStep:
         tensors = [flow.cat([m[k] for m in micro], dim=0) if self.accumulation > 1 else micro[0][k]
                    for k in self.graph.keys]
         if self.placement is not None:
-            tensors = [t.to_global(placement=self.placement, sbp=flow.sbp.split(0)) for t in tensors]
+            # every rank's rows must agree in shape and dtype: OneFlow checks that across ranks (a
+            # collective) when asked; once per compiled graph is enough, as the shapes never change
+            check = not self._checked
+            tensors = [t.to_global(placement=self.placement, sbp=flow.sbp.split(0), check_meta=check)
+                       for t in tensors]
+            self._checked = True
         metrics = self.graph(*tensors)
         if self.placement is not None:
             metrics = metrics.to_global(placement=self.placement, sbp=flow.sbp.broadcast).to_local()
+        if self.accumulation > 1:
+            # the graph returns each micro-batch's metrics one after another, [acc * M]; a step's
+            # metrics are their mean, as eager mode's
+            metrics = metrics.reshape(self.accumulation, -1).mean(dim=0)   # [M]
         return metrics
 
     def state_dict(self) -> dict:

@@ -446,3 +446,23 @@ def reseed_dropout(model, seed: int) -> None:
             module.manual_seed(seed + index)
         else:
             module.generator.manual_seed(seed + index)
+
+
+def share_dropout_generator(model, device: str):
+    """Make every dropout layer of ``model`` draw from one new generator on ``device``; return it.
+
+    The layers then draw one after the other from its stream (in the order the forward runs them),
+    so one ``manual_seed`` of it decides every mask of a step. For eager runs on CUDA, where seeding
+    a generator waits for the device (see bertlib.trainer). Not for bertlib.fast's NumPy masks (eager
+    CPU), which seed each layer's stream from its own generator, nor for nn.Graph, which reads each
+    layer's seed when it compiles.
+    """
+    cpu = not device.startswith("cuda")
+    if cpu and any(isinstance(m, fast.Dropout) and m.kernels != "reference" for m in model.modules()):
+        raise ValueError("one shared dropout generator on the CPU needs BertConfig(kernels='reference'): "
+                         "bertlib.fast draws each layer's CPU masks from its own generator's seed")
+    generator = flow.Generator(device="cpu" if cpu else "cuda")
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.generator = generator
+    return generator

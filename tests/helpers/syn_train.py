@@ -61,11 +61,15 @@ def main():
     p.add_argument("--out", default=None, help="rank 0 writes its log records here as JSON")
     p.add_argument("--accumulation", type=int, default=1, help="micro-batches of B / accumulation per step")
     p.add_argument("--no_dropout", action="store_true")
+    p.add_argument("--kernels", default="auto", help="BertConfig.kernels")
+    p.add_argument("--shared_dropout_generator", action="store_true",
+                   help="every dropout layer draws from one generator (what eager CUDA runs do)")
     args = p.parse_args()
     flow.manual_seed(7)
     drop = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0) if args.no_dropout else {}
     model = BertForPreTraining(BertConfig.tiny(vocab_size=V, hidden_size=32, intermediate_size=64,
-                                               max_position_embeddings=S, **drop))
+                                               max_position_embeddings=S, kernels=args.kernels,
+                                               **drop))
     micro = B // args.accumulation
     fail = args.fail_step if args.fail_rank == runtime.rank() else None
     options = TrainOptions(iter_num=args.iters, batch_size_per_device=micro,
@@ -74,7 +78,8 @@ def main():
                            model_save_every_n_iter=args.save_every, model_save_dir=args.save_dir,
                            model_load_dir=args.load, progress=False)
     trainer = Trainer(model, pretraining_step_loss, lambda: batches(fail, args.kill, micro), options,
-                      metric_names=("total_loss", "mlm_loss", "nsp_loss"), log_line=log_line)
+                      metric_names=("total_loss", "mlm_loss", "nsp_loss"), log_line=log_line,
+                      shared_dropout_generator=args.shared_dropout_generator or None)
     records = trainer.fit()
     if args.out and runtime.rank() == 0:
         with open(args.out, "w") as f:
