@@ -25,7 +25,7 @@ class SelfAttention(layers.DropIn, BertSelfAttention):
         # the three weights side by side: one [B, S, 3H] matmul instead of three [B, S, H] ones
         qkv_weight = flow.cat([self.query.weight, self.key.weight, self.value.weight], dim=0)  # [3H, H]
         qkv_bias = flow.cat([self.query.bias, self.key.bias, self.value.bias], dim=0)          # [3H]
-        qkv = ops.linear(hidden, qkv_weight, qkv_bias)                          # [B, S, 3H]
+        qkv = layers.linear(hidden, qkv_weight, qkv_bias)                       # [B, S, 3H]
         qkv = qkv.reshape(B, S, 3, N, D)                                        # [B, S, 3, N, D]
         if ops.eager_on_cpu(qkv):
             return numpy_ops.self_attention(qkv, mask_bias, self.dropout.mask((B, N, S, S)))
@@ -33,12 +33,12 @@ class SelfAttention(layers.DropIn, BertSelfAttention):
 
 
 class LMPredictionHead(layers.DropIn, BertLMPredictionHead):
-    """:class:`bertlib.model.BertLMPredictionHead` whose tied decoder uses the matmul bias gradient."""
+    """:class:`bertlib.model.BertLMPredictionHead` whose tied decoder is bertlib.fast's linear."""
 
     def forward(self, hidden, word_embeddings):  # [..., H], [V, H] -> [..., V]
         if not ops.applies(self.kernels, hidden):
             return BertLMPredictionHead.forward(self, hidden, word_embeddings)
-        return ops.linear(self.transform(hidden), word_embeddings, self.bias)
+        return layers.linear(self.transform(hidden), word_embeddings, self.bias)
 
 
 DROP_INS = {

@@ -31,12 +31,21 @@ class DropIn:
         return module
 
 
+def linear(x, weight, bias):
+    """x float32 [..., in], weight [out, in], bias [out] -> x W^T + b [..., out]: NumPy's matmul on
+    eager CPU tensors (its BLAS is the faster one), else OneFlow's ops (in a graph, on CUDA)."""
+    if bias is not None and ops.eager_on_cpu(x):
+        return numpy_ops.linear(x, weight, bias)
+    return ops.linear(x, weight, bias)
+
+
 class Linear(DropIn, nn.Linear):
-    """x W^T + b whose CPU backward forms the bias gradient with a matmul."""
+    """x W^T + b with NumPy's matmul eagerly on the CPU; in a graph its backward forms the bias
+    gradient with a matmul."""
 
     def forward(self, x):  # float32 [..., in] -> [..., out]
         if ops.applies(self.kernels, x):
-            return ops.linear(x, self.weight, self.bias)
+            return linear(x, self.weight, self.bias)
         return nn.Linear.forward(self, x)
 
 

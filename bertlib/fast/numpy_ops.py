@@ -62,6 +62,41 @@ def dropout_mask(p: float, generator, stream: DropoutStream, shape) -> np.ndarra
     return u
 
 
+# ---------------------------------------------------------------------------------------- linear
+class _Linear(flow.autograd.Function):
+    """y = x W^T + b for x float32 [M, in], W [out, in], b [out], with NumPy's matmul.
+
+    NumPy's OpenBLAS is a newer build than the one linked into OneFlow 0.9 and knows newer CPUs:
+    where OneFlow's falls back to generic kernels (or its AVX2 ones on AVX-512 machines) NumPy's
+    sgemm is up to twice as fast (bench/op_profile.py). Backward: dx = dy W, dW = dy^T x,
+    db = column sums of dy.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        y = np.matmul(x.numpy(), weight.numpy().T)                              # [M, out]
+        if bias is not None:
+            y += bias.numpy()
+        ctx.save_for_backward(x, weight)
+        return flow.from_numpy(y)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        g = dy.contiguous().numpy()                                              # [M, out]
+        dx = np.matmul(g, weight.numpy())                                        # [M, in]
+        dweight = np.matmul(g.T, x.numpy())                                      # [out, in]
+        dbias = g.sum(axis=0)                                                    # [out]
+        return flow.from_numpy(dx), flow.from_numpy(dweight), flow.from_numpy(dbias)
+
+
+def linear(x, weight, bias):
+    """x float32 [..., in] (eager, CPU); weight [out, in]; bias [out] -> x W^T + b, [..., out]."""
+    shape = x.shape
+    y = _Linear.apply(x.contiguous().reshape(-1, shape[-1]), weight, bias)      # [M, out]
+    return y.reshape(*shape[:-1], weight.shape[0])                             # [..., out]
+
+
 # ------------------------------------------------------------------------------ self-attention
 class _AttentionCore(flow.autograd.Function):
     """softmax(Q K^T / sqrt(D) + mask_bias), dropout, times V, for every head, with NumPy's matmul.
