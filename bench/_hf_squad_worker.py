@@ -1,0 +1,115 @@
+"""Hugging Face transformers BertForQuestionAnswering on PyTorch (CPU), timed; runs in the reference venv.
+
+``--task predict``: eval mode under ``torch.no_grad()``, batches of ``--batch`` windows, start and
+end logits brought out as numpy (as bertlib's prediction loop does); the first ``--warmup``
+batches are not timed.
+``--task train``: the model's own loss (mean of the start and end cross-entropies) with
+``start_positions`` / ``end_positions``, ``--batch`` windows per optimizer step in micro-batches of
+``--micro-batch``, fused AdamW (lr 3e-5, weight decay 0.01 on matrices), gradient clipping at norm
+1.0, dropout 0.1: the work of ``bert-squad --do_train``.
+
+Same synthetic windows as bertlib's worker (bench/_common.py), threads = cores
+(``torch.set_num_threads``), one process. Writes ``{out}/hf.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _common  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True, choices=sorted(_common.CONFIGS))
+    ap.add_argument("--task", required=True, choices=["predict", "train"])
+    ap.add_argument("--seq-len", type=int, default=384)
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--micro-batch", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    import torch
+    import transformers
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1234)
+    config = _common.CONFIGS[args.config]
+    model = BertForQuestionAnswering(BertConfig(**config))
+    times, cpu = [], []
+    extra = {}
+    if args.task == "predict":
+        model.eval()
+        n = args.warmup + args.steps
+        w = _common.squad_windows(config, args.batch * n, args.seq_len, seed=200)
+        feeds = [{k: torch.from_numpy(w[k][i * args.batch:(i + 1) * args.batch].copy())
+                  for k in ("input_ids", "token_type_ids", "attention_mask")} for i in range(n)]
+        for i, feed in enumerate(feeds):
+            t0, c0 = time.perf_counter(), _common.cpu_seconds()
+            with torch.no_grad():
+                out = model(**feed)
+            out.start_logits.numpy(), out.end_logits.numpy()
+            times.append(time.perf_counter() - t0)
+            cpu.append(_common.cpu_seconds() - c0)
+        micro, acc = args.batch, 1
+    else:
+        model.train()
+        micro = args.micro_batch or args.batch
+        acc = args.batch // micro
+        if acc * micro != args.batch:
+            raise SystemExit("the batch must be a multiple of the micro-batch")
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if name.endswith(("bias", "LayerNorm.weight")) else decay).append(p)
+        groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
+        try:  # the fused CPU AdamW (torch >= 2.4) is PyTorch's fastest
+            optimizer = torch.optim.AdamW(groups, lr=3e-5, eps=_common.ADAM_EPS, fused=True)
+            extra["fused_adamw"] = True
+        except (RuntimeError, TypeError):
+            optimizer = torch.optim.AdamW(groups, lr=3e-5, eps=_common.ADAM_EPS)
+            extra["fused_adamw"] = False
+        pool = []
+        for k in range(3):
+            w = _common.squad_windows(config, args.batch, args.seq_len, seed=300 + k)
+            w["start_positions"], w["end_positions"] = w["start_positions"][:, 0], w["end_positions"][:, 0]
+            pool.append([{key: torch.from_numpy(v[i * micro:(i + 1) * micro].copy()) for key, v in w.items()}
+                         for i in range(acc)])
+        losses = []
+        for step in range(args.warmup + args.steps):
+            t0, c0 = time.perf_counter(), _common.cpu_seconds()
+            total = 0.0
+            for feed in pool[step % len(pool)]:
+                loss = model(**feed).loss
+                (loss / acc if acc > 1 else loss).backward()
+                total += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+            cpu.append(_common.cpu_seconds() - c0)
+            losses.append(total / acc)
+        extra["losses"] = losses
+    timed = times[args.warmup:]
+    result = dict(framework="hf", task=args.task, config=args.config, seq_len=args.seq_len, processes=1,
+                  threads=args.threads, batch=args.batch, micro_batch=micro, accumulation=acc,
+                  warmup_s=sum(times[:args.warmup]), step_s=timed, step_s_median=statistics.median(timed),
+                  cpu_s=cpu[args.warmup:], peak_rss_mb=_common.peak_rss_mb(), torch=torch.__version__,
+                  transformers=transformers.__version__,
+                  attn_implementation=getattr(model.config, "_attn_implementation", None), **extra)
+    if args.task == "predict":
+        result["windows_per_s"] = args.batch * len(timed) / sum(timed)
+    _common.write_json(os.path.join(args.out, "hf.json"), result)
+
+
+if __name__ == "__main__":
+    main()
