@@ -18,7 +18,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-DEFAULT_REF_PYTHON = os.path.join(REPO, ".bench-venv-ref", "bin", "python")
+REPO_REF_PYTHON = os.path.join(REPO, ".bench-venv-ref", "bin", "python")
+# the reference interpreter (torch + transformers): $BENCH_REF_PYTHON, else the repository's .bench-venv-ref
+DEFAULT_REF_PYTHON = os.environ.get("BENCH_REF_PYTHON") or REPO_REF_PYTHON
 
 
 def free_port() -> int:
@@ -117,7 +119,7 @@ def sgemm_line(sgemm: dict, cores: int, n: int = 2048, reps: int = 8) -> str:
 def ensure_reference_env(ref_python: str):
     if os.path.exists(ref_python):
         return
-    if os.path.abspath(ref_python) != DEFAULT_REF_PYTHON:
+    if os.path.abspath(ref_python) != REPO_REF_PYTHON:
         raise SystemExit(f"--ref-python {ref_python} does not exist")
     print("reference venv missing: running bench/setup_reference_env.sh (torch + transformers, Python 3.11)",
           flush=True)
@@ -153,7 +155,8 @@ def spread(r) -> str:
     """``min-max (+-x%)`` of a job's rounds."""
     lo, hi, med = r["rate_min"], r["rate_max"], r["rate_median"]
     half = 100 * (hi - lo) / 2 / med if med else 0.0
-    return f"{lo:.2f}-{hi:.2f} (±{half:.0f}%)"
+    failed = f", {r['failed_rounds']} round(s) failed" if r.get("failed_rounds") else ""
+    return f"{lo:.2f}-{hi:.2f} (±{half:.0f}%{failed})"
 
 
 def shell(argv) -> str:

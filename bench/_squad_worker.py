@@ -62,10 +62,12 @@ def predict(args, flow, model, rank, world):
                for i in range(total))
     data_dir = os.path.join(args.out, f"eval-data-rank{rank}")
     write_shards(records, data_dir, world)       # bert-squad makes one part per process
-    marks = [(time.perf_counter(), _common.cpu_seconds())]
+    if world > 1:
+        flow.comm.barrier()                      # the processes predict at the same time, as in bert-squad
+    marks = [(time.perf_counter(), _common.cpu_seconds(), time.time())]
 
     def progress(done):
-        marks.append((time.perf_counter(), _common.cpu_seconds()))
+        marks.append((time.perf_counter(), _common.cpu_seconds(), time.time()))
 
     uids, starts, _ = predict_raw_results(model, data_dir, args.batch, "cpu", rank, world, progress=progress)
     if len(uids) != args.batch * batches or starts.shape[1] != args.seq_len:
@@ -75,6 +77,7 @@ def predict(args, flow, model, rank, world):
     timed = times[args.warmup:]
     return dict(warmup_s=sum(times[:args.warmup]), step_s=timed, step_s_median=statistics.median(timed),
                 cpu_s=cpu[args.warmup:], windows_per_s=args.batch * len(timed) / sum(timed),
+                timed_windows=args.batch * len(timed), timed_from=marks[args.warmup][2], timed_to=marks[-1][2],
                 micro_batch=args.batch, accumulation=1)
 
 
