@@ -28,7 +28,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHARED = ROOT.parent / "shared" / "data"
+
+def _shared_data() -> Path:
+    """``../shared/data`` next to this checkout, or next to the main checkout when this is a git
+    worktree elsewhere (its ``.git`` file names ``<main>/.git/worktrees/<name>``)."""
+    here = ROOT.parent / "shared" / "data"
+    git = ROOT / ".git"
+    if here.is_dir() or not git.is_file():
+        return here
+    try:
+        text = git.read_text().strip()
+    except OSError:
+        return here
+    if text.startswith("gitdir:"):
+        main = Path(text.split(":", 1)[1].strip()).parents[2]        # <main>/.git/worktrees/<name>
+        if (main.parent / "shared" / "data").is_dir():
+            return main.parent / "shared" / "data"
+    return here
+
+
+SHARED = _shared_data()
 BERT_BASE_SAMPLES_PER_S = 1.0  # BERT-base training on a 2-core CPU, rounded up (bench/RESULTS.md)
 
 
