@@ -25,9 +25,9 @@ configuration runs ``--rounds`` times (default 3), the frameworks interleaved wi
 and reports the MEDIAN round and the spread (min-max) of the rounds: on a shared VM the speed of
 the same work drifts by 10-20% over minutes.
 
-    python bench/pretrain_throughput.py                          # all of the above, ~85 min on 2 cores
-    python bench/pretrain_throughput.py --sweep-seq-lengths ''   # seq 128 + RSS only, ~50 min
-    python bench/pretrain_throughput.py --configs '' --no-memory # the sequence-length sweep only, ~35 min
+    python bench/pretrain_throughput.py                          # all of the above, ~75-85 min on 2 cores
+    python bench/pretrain_throughput.py --sweep-seq-lengths ''   # seq 128 + RSS only, ~35 min
+    python bench/pretrain_throughput.py --configs '' --no-memory # the sequence-length sweep only, ~40 min
     python bench/pretrain_throughput.py --configs tiny --steps 5 --sweep-seq-lengths '' # quick look
     python bench/pretrain_throughput.py --levers                 # every lever, one at a time
     python bench/pretrain_throughput.py --memory-only            # peak RSS at batch 8 only, ~3 min
@@ -59,7 +59,7 @@ import _common  # noqa: E402
 import _driver  # noqa: E402
 
 # Per config: global batch, steps timed, warm-up steps. BERT-base runs ~1.5 examples/s here, so its
-# default (2 steps of 64 after 1 warm-up step, three rounds) keeps the seq-128 part near 50 minutes
+# default (2 steps of 64 after 1 warm-up step, three rounds) keeps the seq-128 part near 35 minutes
 # on 2 cores. 64 examples per optimizer step (BERT's own recipe uses 256) spread the per-step costs
 # (AdamW over 110M parameters, the gradient all-reduce between processes) as real pre-training does.
 DEFAULTS = {
