@@ -68,6 +68,12 @@ class TrainStepGraph(flow.nn.Graph):
             self.config.enable_amp(True)
             self.set_grad_scaler(flow.amp.GradScaler(init_scale=2.0 ** 16, growth_factor=2.0,
                                                      backoff_factor=0.5, growth_interval=2000))
+            # the fusions OneFlow's LiBai turns on with AMP (CUDA kernels): the optimizer update in
+            # one kernel per parameter, residual adds folded into the op before them, and the
+            # float16 casts folded into the loss-scale multiplications
+            self.config.allow_fuse_model_update_ops(True)
+            self.config.allow_fuse_add_to_output(True)
+            self.config.allow_fuse_cast_scale(True)
 
     def build(self, *tensors):
         outs = self.step_module(dict(zip(self.keys, tensors)))

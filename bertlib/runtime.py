@@ -321,6 +321,13 @@ def check_launch_devices(device: str, nproc_per_node: int) -> str:
     return "cuda"
 
 
+def wants_cuda(device: str) -> bool:
+    """Whether ``device`` (auto | cuda | cpu | cuda:N) will run on a GPU here."""
+    if device == "cpu":
+        return False
+    return device.startswith("cuda") or cuda_device_count() > 0
+
+
 def resolve_device(device: str = "auto") -> str:
     """Map ``auto``/``cuda``/``cpu`` to a OneFlow device string for this rank (``cuda:<local_rank>``).
 

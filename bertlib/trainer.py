@@ -96,6 +96,22 @@ def check_train_values(options, flag_names: Sequence[str] = ()):
         raise ValueError(f"clip_grad_norm must be a finite number >= 0 (got {clip})")
 
 
+def training_mode(mode: str, use_fp16: bool, device: str) -> str:
+    """The mode a run with ``--mode``/``--use_fp16`` on ``device`` (auto | cuda | cpu | cuda:N) runs in.
+
+    Raises ValueError for mixed precision off CUDA. Mixed precision runs in graph mode: OneFlow
+    0.9's dynamic loss scaler works in nn.Graph only. Callers check this before any rank starts.
+    """
+    if mode not in ("eager", "graph"):
+        raise ValueError(f"--mode must be eager or graph (got {mode!r})")
+    if not use_fp16:
+        return mode
+    if not runtime.wants_cuda(device):
+        raise ValueError("--use_fp16 needs a CUDA device: OneFlow 0.9 has no float16 CPU kernels "
+                         "for matmul and softmax (run without --use_fp16 on CPU)")
+    return "graph"
+
+
 def _check_options(options: TrainOptions, device: str):
     check_train_values(options, ("iter_num",))
     if options.use_fp16 and not device.startswith("cuda"):

@@ -145,3 +145,18 @@ def test_graph_training_without_dropout_equals_eager(tmp_path):
     graph = _syn_losses(tmp_path, "graph", "--no_dropout", "--mode", "graph")
     assert graph == pytest.approx(eager, abs=2e-5)
     assert eager[0] != eager[-1]
+
+
+def test_fp16_graph_turns_on_the_amp_fusions():
+    """Mixed precision compiles with the fusions OneFlow's LiBai uses with AMP (built here, on the
+    CPU, without running: float16 needs CUDA); fp32 graphs leave them off."""
+    from bertlib.graph import TrainStepGraph
+
+    model = flow.nn.Linear(4, 2)
+    optimizer = flow.optim.AdamW(model.parameters(), lr=1e-3)
+    for fp16 in (True, False):
+        proto = TrainStepGraph(model, optimizer, None, accumulation=1, use_fp16=fp16).config.proto
+        assert proto.enable_fuse_model_update_ops is fp16
+        assert proto.enable_fuse_add_to_output is fp16
+        assert proto.enable_fuse_cast_scale is fp16
+        assert proto.enable_auto_mixed_precision is fp16

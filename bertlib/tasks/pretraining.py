@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import runtime
 from ..rundirs import release
-from ..trainer import TrainOptions, check_train_values, global_batch_size, read_metrics
+from ..trainer import TrainOptions, check_train_values, global_batch_size, read_metrics, training_mode
 from ._ranks import LaunchError, launch_ranks
 
 __all__ = ["PretrainingOptions", "PretrainingResult", "Prepared", "prepare", "resolve_config",
@@ -196,12 +196,6 @@ def _resolve_data(options: PretrainingOptions) -> tuple[Path, int, int | None]:
     return Path(data_dir), parts, vocab_size
 
 
-def _wants_cuda(device: str) -> bool:
-    if device == "cpu":
-        return False
-    return device == "cuda" or runtime.import_oneflow().cuda.is_available()
-
-
 def prepare(options: PretrainingOptions, world: int = 1, validate: bool = True,
             claim: bool = True) -> Prepared:
     """Resolve the data, schedule and model config of a run of ``world`` processes.
@@ -231,15 +225,9 @@ def prepare(options: PretrainingOptions, world: int = 1, validate: bool = True,
             data_dir, parts, num_ranks=world, vocab_size=vocab_size, max_records_per_part=DECODE_PER_PART,
             progress=options.progress and sys.stderr.isatty())
     config = resolve_config(options, vocab_size)
-    mode = options.mode
-    if options.use_fp16 and not _wants_cuda(options.device):  # found here, not in every rank
-        raise ValueError("--use_fp16 needs a CUDA device: OneFlow 0.9 has no float16 CPU kernels "
-                         "for matmul and softmax (run without --use_fp16 on CPU)")
-    if options.use_fp16 and mode == "eager" and _wants_cuda(options.device):
-        # OneFlow 0.9's loss scaler works in graphs only, so mixed precision means graph mode
-        mode = "graph"
-        if runtime.is_main_process():
-            print("--use_fp16: running in --mode graph (OneFlow's dynamic loss scaling needs it)")
+    mode = training_mode(options.mode, options.use_fp16, options.device)   # here, not in every rank
+    if mode != options.mode and runtime.is_main_process():
+        print("--use_fp16: running in --mode graph (OneFlow's dynamic loss scaling needs it)")
     warmup = options.warmup_batches
     resolved = dataclasses.replace(
         options, data_dir=str(data_dir), data_part_num=parts, vocab_size=config.vocab_size, mode=mode,

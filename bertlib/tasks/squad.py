@@ -47,7 +47,7 @@ from ..loaders import count_parts
 from ..ofrecord import part_paths, read_records
 from ..rundirs import release
 from ..squad.data import build_squad_data, check_squad_data, subset_squad_json
-from ..trainer import TrainOptions, check_train_values, global_batch_size
+from ..trainer import TrainOptions, check_train_values, global_batch_size, training_mode
 from ._ranks import LaunchError, launch_ranks
 
 __all__ = [
@@ -95,6 +95,8 @@ class SquadOptions:
     warmup_proportion: float = 0.1         # fraction of the steps with linear warm-up
     weight_decay_rate: float = 0.01        # not applied to biases and LayerNorm
     seed: int = 12345                      # the QA head's init, dropout and shuffling
+    mode: str = "eager"                    # fine-tuning steps: eager | graph (a compiled nn.Graph)
+    use_fp16: bool = False                 # mixed-precision fine-tuning (CUDA; runs in graph mode)
     # prediction
     n_best_size: int = 20                  # candidates per window, answers kept per question
     max_answer_length: int = 30            # longest answer, in tokens
@@ -297,6 +299,10 @@ def prepare(options: SquadOptions, world: int = 1, progress: bool = False, claim
     which :func:`run` takes. Raises UsageError and the data errors (ValueError subclasses).
     """
     options.check()
+    try:  # here, before any rank starts: --use_fp16 without a GPU is refused
+        training_mode(options.mode, options.use_fp16, options.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     model_dir, vocab_file, vocab_size = _resolve_model(options)
     # held while data is made in output_dir, then by run() or launch() (only node 0 claims: its
     # rank 0 writes)
@@ -374,7 +380,8 @@ def _check_resume(options: SquadOptions, info: dict, model_dir, world: int):
     global_batch = global_batch_size(options.batch_size_per_device, options.num_accumulation_steps, world)
     iter_num = train_steps(info["train"]["num_records"], global_batch, options.num_epochs, options.iter_num)
     check_resume(ckpt, state, iter_num=iter_num, world_size=world, global_batch=global_batch,
-                 batch_size_per_device=options.batch_size_per_device, mode="eager",
+                 batch_size_per_device=options.batch_size_per_device,
+                 mode=training_mode(options.mode, options.use_fp16, options.device),
                  warmup_batches=int(options.warmup_proportion * iter_num),
                  learning_rate=options.learning_rate)
 
@@ -443,8 +450,9 @@ def fine_tune(model, options: SquadOptions, info: dict, device: str = "cpu") -> 
     if runtime.is_main_process():
         print(f"fine-tuning: {num_features} features, global batch {global_batch}, {iter_num} steps "
               f"({iter_num * global_batch / num_features:.2f} epochs), warm-up {warmup}", flush=True)
+    mode = training_mode(options.mode, options.use_fp16, device)
     train_options = TrainOptions.from_options(
-        options, iter_num=iter_num, warmup_batches=warmup, log_dir=str(out),
+        options, iter_num=iter_num, warmup_batches=warmup, log_dir=str(out), mode=mode,
         model_save_every_n_iter=options.model_save_every_n_iter if options.model_save_dir else 0,
         save_last_snapshot=bool(options.model_save_dir), run_args=dataclasses.asdict(options))
     t0 = time.perf_counter()
@@ -648,6 +656,11 @@ def _run(options: SquadOptions, info: dict, world: int) -> dict:
     results: dict = {"init_checkpoint": info["model_dir"], "world_size": world}
     if options.do_train:
         results["train"] = fine_tune(model, options, info, device)
+        if options.do_eval and world > 1 and training_mode(options.mode, options.use_fp16, device) == "graph":
+            # a graph across ranks made the weights global tensors, which prediction (local, each
+            # rank its own windows) cannot use: every rank reads back what rank 0 just saved
+            runtime.import_oneflow().comm.barrier()
+            model, _ = load_qa_model(Path(options.output_dir) / "model", quiet=True)
     if options.do_eval:
         predicted = predict(model, options, info, device)
         if predicted:

@@ -13,12 +13,13 @@ def make_wikitext_shards(out, data_part_num: int):
     return out
 
 
-def save_tiny_qa_model(path):
-    """A randomly initialised 2-layer BertForQuestionAnswering (seed 0) saved in Hugging Face format."""
+def save_tiny_qa_model(path, **config):
+    """A randomly initialised 2-layer BertForQuestionAnswering (seed 0) saved in Hugging Face format;
+    ``config`` overrides BertConfig.tiny's fields (e.g. dropout)."""
     from bertlib.config import BertConfig
     from bertlib.model import BertForQuestionAnswering
     from bertlib.runtime import import_oneflow
 
     import_oneflow().manual_seed(0)
-    BertForQuestionAnswering(BertConfig.tiny(vocab_size=30522)).save_pretrained(path)
+    BertForQuestionAnswering(BertConfig.tiny(vocab_size=30522, **config)).save_pretrained(path)
     return path
