@@ -127,7 +127,8 @@ class Dropout(DropIn, SeededDropout):
 
     def mask(self, shape):
         """The scaled mask this layer would multiply a CPU tensor of ``shape`` by: float32, 0 or
-        1 / (1 - p); all ones in eval mode. The fast attention core takes its dropout as this mask."""
+        1 / (1 - p); None when it drops nothing (eval mode, p = 0). The fast attention core takes
+        its dropout as this mask."""
         if not self.training or self.p == 0.0:
-            return flow.ones(*shape)
+            return None
         return flow.from_numpy(numpy_ops.dropout_mask(self.p, self.generator, self.stream, shape))

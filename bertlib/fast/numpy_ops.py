@@ -102,7 +102,8 @@ class _AttentionCore(flow.autograd.Function):
     """softmax(Q K^T / sqrt(D) + mask_bias), dropout, times V, for every head, with NumPy's matmul.
 
     Inputs: qkv float32 [B, S, 3, N, D] (the fused projection, contiguous), mask_bias float32
-    [B, 1, 1, S], keep float32 [B, N, S, S] (the scaled dropout mask; all ones without dropout).
+    [B, 1, 1, S], keep float32 [B, N, S, S] (the scaled dropout mask), or a 0-d tensor for no
+    dropout (eval mode, prediction): then no [B, N, S, S] mask is made or multiplied.
     Outputs: context float32 [B, S, N * D] and the probabilities float32 [B, N, S, S] (pre-dropout).
 
     NumPy's matmul reads Q, K, V in place as strided views of qkv (each [S, D] head is a BLAS
@@ -123,7 +124,7 @@ class _AttentionCore(flow.autograd.Function):
         scores = np.matmul(q, k.transpose(0, 1, 3, 2))                          # [B, N, S, S]
         scores += mask_bias.numpy()                                             # [B, 1, 1, S] rows
         probs = flow.softmax(flow.from_numpy(scores), dim=-1)                   # [B, N, S, S]
-        dropped = np.multiply(probs.numpy(), keep.numpy())                      # [B, N, S, S]
+        dropped = probs.numpy() if keep.ndim == 0 else np.multiply(probs.numpy(), keep.numpy())
         context = np.empty((B, S, N, D), np.float32)
         np.matmul(dropped, v, out=context.transpose(0, 2, 1, 3))                # heads merged in place
         ctx.save_for_backward(qkv, probs, keep, flow.from_numpy(dropped))
@@ -141,7 +142,8 @@ class _AttentionCore(flow.autograd.Function):
         gq, gk, gv = (grad[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
         np.matmul(dropped.transpose(0, 1, 3, 2), g, out=gv)                     # dV
         dp = np.matmul(g, v.transpose(0, 1, 3, 2))                              # [B, N, S, S]
-        dp *= keep.numpy()
+        if keep.ndim > 0:
+            dp *= keep.numpy()
         if d_probs is not None:
             dp += d_probs.contiguous().numpy()
         dp -= np.multiply(dp, p).sum(axis=-1, keepdims=True)
@@ -153,7 +155,10 @@ class _AttentionCore(flow.autograd.Function):
         return flow.from_numpy(grad), None, None
 
 
-def self_attention(qkv, mask_bias, keep):
+def self_attention(qkv, mask_bias, keep=None):
     """qkv float32 [B, S, 3, N, D], mask_bias [B, 1, 1, S], keep [B, N, S, S] (scaled dropout mask)
-    -> context float32 [B, S, N * D], probabilities [B, N, S, S]; see _AttentionCore."""
+    or None (no dropout) -> context float32 [B, S, N * D], probabilities [B, N, S, S]; see
+    _AttentionCore."""
+    if keep is None:
+        keep = flow.ones(())   # 0-d: "no dropout" (autograd.Function inputs must be tensors)
     return _AttentionCore.apply(qkv.contiguous(), mask_bias.contiguous(), keep)
