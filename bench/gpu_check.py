@@ -124,22 +124,25 @@ def resume_check(work: Path, name: str, model, mode, fp16, timeout):
     return row
 
 
-def squad_step(work: Path, timeout):
-    """Two SQuAD fine-tuning steps on the sample data from the tiny checkpoint of the resume check."""
+def squad_step(work: Path, timeout, fp16: bool = False):
+    """Two SQuAD fine-tuning steps on the sample data from the tiny checkpoint of the resume check
+    (fp32 eager, or fp16, which runs in graph mode)."""
     from bertlib.datasets import find_data
 
     data = find_data("sample")
     ckpt = work / "tiny-resume-eager-ck" / "step_6"
-    out = work / "squad"
+    out = work / ("squad-fp16" if fp16 else "squad")
     cmd = [sys.executable, "-m", "bertlib.cli.squad", "--do_train", "--device", DEVICE,
            "--init_checkpoint", str(ckpt),   # a checkpoint carries its tokenizer
            "--train_file", str(data.squad_train), "--max_train_examples", "64", "--iter_num", "2",
            "--batch_size_per_device", "8", "--max_seq_length", "128", "--doc_stride", "64",
-           "--loss_print_every_n_iter", "1", "--output_dir", str(out), "--no_progress"]
+           "--loss_print_every_n_iter", "1", "--output_dir", str(out), "--no_progress",
+           *(["--use_fp16"] if fp16 else [])]
     with MemoryWatch() as memory:
         code, output = _run(cmd, timeout)
     records = _records(out)
-    return {"run": "squad-step", "gpus": 1, "mode": "eager", "precision": "fp32",
+    return {"run": "squad-step" + ("-fp16" if fp16 else ""), "gpus": 1, "mode": "graph" if fp16 else "eager",
+            "precision": "fp16" if fp16 else "fp32",
             "samples/s": f"{records[-1]['sentences_per_sec']:.1f}" if records else "-",
             "loss": f"{records[-1]['loss']:.4f}" if records else "-", "resume identical": "",
             "peak memory": memory.text(),
@@ -206,6 +209,7 @@ def main(argv=None) -> int:
         rows.append(resume_check(work, "tiny-resume-graph", TINY, "graph", False, max(30, left())))
         rows.append(resume_check(work, "tiny-resume-graph-fp16", TINY, "graph", True, max(30, left())))
         rows.append(squad_step(work, max(30, left())))
+        rows.append(squad_step(work, max(30, left()), fp16=True))
         if not args.quick:
             base_plan = [(1, "eager", False), (1, "graph", True)]
             if gpus > 1:
