@@ -59,13 +59,22 @@ def wait_until_gone(marker: str, seconds: float) -> tuple[dict, float]:
         time.sleep(0.1)
 
 
+def _as_from_a_terminal():
+    """Default dispositions for the stop signals, as a command typed in a terminal has them: a test
+    run started with nohup or in the background (`cmd &` ignores SIGINT and SIGQUIT) would
+    otherwise pass its ignored signals on, and bert-pretrain rightly keeps ignoring them."""
+    for sig in (signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start_training(tmp_path, nproc=2):
     """bert-pretrain on ``nproc`` CPU processes, returned once rank 0 has logged two iterations."""
     marker = str(tmp_path)
     err = open(tmp_path / "stderr.txt", "w+")
     proc = subprocess.Popen([BERT_PRETRAIN, "--gpu_num_per_node", str(nproc), *TINY, "--iter_num", "100000",
                              "--log_dir", str(tmp_path / "logs")], env=marked_env(marker),
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True,
+                            preexec_fn=_as_from_a_terminal)
     for line in proc.stdout:
         if line.startswith("iter 1,"):
             break
