@@ -397,7 +397,9 @@ def _first_failure(ranks: list[_Rank], watch: _NodeWatch | None) -> _Rank | None
     (None, with an event in ``watch``)."""
     while True:
         if watch is not None and watch.events:
-            return None
+            # the other node's news can come before we see our own rank's death, which may be what
+            # it reacted to: look at our ranks for a moment before blaming the other node
+            return _own_cause(ranks)
         running = False
         for r in ranks:
             code = r.proc.poll()
@@ -422,6 +424,17 @@ def _root_cause(ranks: list[_Rank], first: _Rank) -> _Rank:
         time.sleep(_POLL_SECONDS)
     causes = [r for r in ranks if r.proc.poll() not in (None, 0, -signal.SIGABRT)]
     return causes[0] if causes else first
+
+
+def _own_cause(ranks: list[_Rank]) -> _Rank | None:
+    """A rank of this node that failed by itself (not OneFlow's SIGABRT after a peer was lost),
+    seen within the settle time; None if there is none."""
+    deadline = time.monotonic() + _SETTLE_SECONDS
+    while True:
+        causes = [r for r in ranks if r.proc.poll() not in (None, 0, -signal.SIGABRT)]
+        if causes or time.monotonic() >= deadline:
+            return causes[0] if causes else None
+        time.sleep(_POLL_SECONDS)
 
 
 def _exit_status(code: int) -> int:

@@ -194,6 +194,8 @@ def test_killing_one_node_ends_the_other_with_its_name(pair, tmp_path, killed, w
         assert (f"bert-pretrain: {name} failed: rank {killed} (node {killed}, pid {rank_pid}) was killed by "
                 "SIGKILL" in err), err
         assert f"rank {killed} (node {killed}, pid {rank_pid}) was killed by SIGKILL" in nodes[killed].stderr()
-    assert err.rstrip().endswith("this node's ranks were stopped"), err
+    # its last word; when its own rank was aborted first (OneFlow's reaction to the lost peer),
+    # that abort follows in parentheses
+    assert "this node's ranks were stopped" in err.rstrip().splitlines()[-1], err
     assert survivor.processes() == []
     print(f"survivor ended {seconds:.1f}s after the kill")
