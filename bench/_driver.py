@@ -116,6 +116,27 @@ def sgemm_line(sgemm: dict, cores: int, n: int = 2048, reps: int = 8) -> str:
             + (f"; MFU is measured against the largest, {peak:.0f} GFLOP/s" if peak else "; not measured"))
 
 
+def start_run(title: str, args, with_torch: bool):
+    """What every benchmark does first: make sure of the reference venv, print the header line,
+    wait for a quiet machine and measure the sgemm limit. Returns (started, load at start, sgemm
+    dict, n, reps); ``args`` needs ref_python, quick, quiet_load and quiet_wait."""
+    import datetime
+
+    if with_torch:
+        ensure_reference_env(args.ref_python)
+    cores = os.cpu_count()
+    started = datetime.datetime.now()
+    load0 = os.getloadavg()[0]
+    print(f"# {title}, {started:%Y-%m-%d %H:%M}, {platform.node()}, {cores} cores, {cpu_model()}", flush=True)
+    wait_for_quiet(args.quiet_load, args.quiet_wait)
+    n, reps = (1024, 3) if args.quick else (2048, 8)
+    # PyTorch's sgemm is part of the limit whenever its venv is there (MFU then does not depend on the rows run)
+    sgemm = measure_sgemm(args.ref_python, cores, with_torch=with_torch or os.path.exists(args.ref_python),
+                          n=n, reps=reps)
+    print(sgemm_line(sgemm, cores, n, reps), flush=True)
+    return started, load0, sgemm, n, reps
+
+
 def ensure_reference_env(ref_python: str):
     if os.path.exists(ref_python):
         return

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
 import platform
@@ -405,19 +404,8 @@ def main(argv=None):
         variants = []
     sweep = [int(x) for x in args.sweep_seq_lengths.split(",") if x.strip()]
     with_torch = bool(variants) or ("hf" in frameworks and bool(sweep))
-    if with_torch:
-        _driver.ensure_reference_env(args.ref_python)
     cores = os.cpu_count()
-    started = datetime.datetime.now()
-    load0 = os.getloadavg()[0]
-    print(f"# bertlib pre-training throughput, {started:%Y-%m-%d %H:%M}, {platform.node()}, {cores} cores, "
-          f"{_driver.cpu_model()}", flush=True)
-    _driver.wait_for_quiet(args.quiet_load, args.quiet_wait)
-    n, reps = (1024, 3) if args.quick else (2048, 8)
-    # PyTorch's sgemm is part of the limit whenever its venv is there (MFU then does not depend on the rows run)
-    sgemm = _driver.measure_sgemm(args.ref_python, cores, with_torch=with_torch or os.path.exists(args.ref_python),
-                                  n=n, reps=reps)
-    print(_driver.sgemm_line(sgemm, cores, n, reps), flush=True)
+    started, load0, sgemm, n, reps = _driver.start_run("bertlib pre-training throughput", args, with_torch)
     jobs = [] if args.memory_only else build_jobs(args, configs, variants, frameworks, cores)
     # Rounds interleave the frameworks: a shared machine drifts by 10-20% over minutes, and each
     # configuration reports its median round, so drift cannot favour whichever framework ran first.

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
 import platform
@@ -257,19 +256,8 @@ def main(argv=None):
     args = parse_args(argv)
     jobs = build_jobs(args)
     with_torch = any(j.framework == "hf" for j in jobs)
-    if with_torch:
-        _driver.ensure_reference_env(args.ref_python)
     cores = os.cpu_count()
-    started = datetime.datetime.now()
-    load0 = os.getloadavg()[0]
-    print(f"# SQuAD throughput, bertlib vs PyTorch, {started:%Y-%m-%d %H:%M}, {platform.node()}, {cores} cores, "
-          f"{_driver.cpu_model()}", flush=True)
-    _driver.wait_for_quiet(args.quiet_load, args.quiet_wait)
-    n, reps = (1024, 3) if args.quick else (2048, 8)
-    # PyTorch's sgemm is part of the limit whenever its venv is there (MFU then does not depend on the rows run)
-    sgemm = _driver.measure_sgemm(args.ref_python, cores, with_torch=with_torch or os.path.exists(args.ref_python),
-                                  n=n, reps=reps)
-    print(_driver.sgemm_line(sgemm, cores, n, reps), flush=True)
+    started, load0, sgemm, n, reps = _driver.start_run("SQuAD throughput, bertlib vs PyTorch", args, with_torch)
     peak = max(sgemm.values()) if sgemm else None
     results = []
     for rnd in range(1, args.rounds + 1):
