@@ -149,3 +149,18 @@ def write_json(path: str, data: dict):
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, path)
+
+
+def torch_adamw(model, lr: float, weight_decay: float = WEIGHT_DECAY):
+    """(PyTorch AdamW over ``model``, fused?): decay on matrices only, as bertlib.optim; the fused
+    CPU AdamW (torch >= 2.4) where it exists, PyTorch's fastest."""
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if name.endswith(("bias", "LayerNorm.weight")) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, eps=ADAM_EPS, fused=True), True
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=lr, eps=ADAM_EPS), False

@@ -68,16 +68,7 @@ def main():
         acc = args.batch // micro
         if acc * micro != args.batch:
             raise SystemExit("the batch must be a multiple of the micro-batch")
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            (no_decay if name.endswith(("bias", "LayerNorm.weight")) else decay).append(p)
-        groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
-        try:  # the fused CPU AdamW (torch >= 2.4) is PyTorch's fastest
-            optimizer = torch.optim.AdamW(groups, lr=3e-5, eps=_common.ADAM_EPS, fused=True)
-            extra["fused_adamw"] = True
-        except (RuntimeError, TypeError):
-            optimizer = torch.optim.AdamW(groups, lr=3e-5, eps=_common.ADAM_EPS)
-            extra["fused_adamw"] = False
+        optimizer, extra["fused_adamw"] = _common.torch_adamw(model, 3e-5, weight_decay=0.01)
         pool = []
         for k in range(3):
             w = _common.squad_windows(config, args.batch, args.seq_len, seed=300 + k)

@@ -47,17 +47,7 @@ def main():
     config = _common.CONFIGS[args.config]
     model = BertForPreTraining(BertConfig(**config))
     model.train()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if name.endswith(("bias", "LayerNorm.weight")) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": _common.WEIGHT_DECAY},
-              {"params": no_decay, "weight_decay": 0.0}]
-    try:  # the fused CPU AdamW (torch >= 2.4) is PyTorch's fastest
-        optimizer = torch.optim.AdamW(groups, lr=_common.LEARNING_RATE, eps=_common.ADAM_EPS, fused=True)
-        fused = True
-    except (RuntimeError, TypeError):
-        optimizer = torch.optim.AdamW(groups, lr=_common.LEARNING_RATE, eps=_common.ADAM_EPS)
-        fused = False
+    optimizer, fused = _common.torch_adamw(model, _common.LEARNING_RATE)
 
     acc = args.global_batch // args.micro_batch
     if acc * args.micro_batch != args.global_batch:
