@@ -116,10 +116,11 @@ class BertSelfAttention(nn.Module):
         x = x.reshape(B, S, self.num_heads, self.head_size)                    # [B, S, N, D]
         return x.permute(0, 2, 1, 3)                                            # [B, N, S, D]
 
-    def forward(self, hidden, mask_bias):
+    def forward(self, hidden, mask_bias, output_attentions=False):
         """hidden: float32 [B, S, H]; mask_bias: float32 [B, 1, 1, S], 0 for tokens, -10000 for padding.
 
-        Returns context float32 [B, S, H] and attention probabilities float32 [B, N, S, S].
+        Returns context float32 [B, S, H] and, when ``output_attentions``, the attention
+        probabilities float32 [B, N, S, S] (else None: a fast path need not keep them).
         """
         B, S, H = hidden.shape
         q = self.split_heads(self.query(hidden))                                # [B, N, S, D]
@@ -130,7 +131,7 @@ class BertSelfAttention(nn.Module):
         probs = flow.softmax(scores, dim=-1)                                    # [B, N, S, S]
         context = flow.matmul(self.dropout(probs), v)                           # [B, N, S, D]
         context = context.permute(0, 2, 1, 3).reshape(B, S, H)                  # [B, S, N, D] -> [B, S, H]
-        return context, probs
+        return context, (probs if output_attentions else None)
 
 
 class BertResidualOutput(nn.Module):
@@ -158,8 +159,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertResidualOutput(config, config.hidden_size)
 
-    def forward(self, hidden, mask_bias):
-        context, probs = self.self(hidden, mask_bias)
+    def forward(self, hidden, mask_bias, output_attentions=False):
+        context, probs = self.self(hidden, mask_bias, output_attentions)
         return self.output(context, hidden), probs
 
 
@@ -184,8 +185,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertResidualOutput(config, config.intermediate_size)
 
-    def forward(self, hidden, mask_bias):
-        attended, probs = self.attention(hidden, mask_bias)
+    def forward(self, hidden, mask_bias, output_attentions=False):
+        attended, probs = self.attention(hidden, mask_bias, output_attentions)
         return self.output(self.intermediate(attended), attended), probs
 
 
@@ -197,7 +198,7 @@ class BertEncoder(nn.Module):
     def forward(self, hidden, mask_bias, output_attentions=False):
         attentions = []
         for layer in self.layer:
-            hidden, probs = layer(hidden, mask_bias)
+            hidden, probs = layer(hidden, mask_bias, output_attentions)
             if output_attentions:
                 attentions.append(probs)
         return hidden, (attentions if output_attentions else None)

@@ -15,11 +15,11 @@ class SelfAttention(layers.DropIn, BertSelfAttention):
     """:class:`bertlib.model.BertSelfAttention` with one fused Q/K/V projection and, eagerly on the
     CPU, the NumPy attention core (:class:`bertlib.fast.numpy_ops._AttentionCore`)."""
 
-    def forward(self, hidden, mask_bias):
+    def forward(self, hidden, mask_bias, output_attentions=False):
         """hidden float32 [B, S, H], mask_bias float32 [B, 1, 1, S] -> context float32 [B, S, H],
-        attention probabilities float32 [B, N, S, S] (as the parent)."""
+        attention probabilities float32 [B, N, S, S] or None (as the parent)."""
         if not ops.applies(self.kernels, hidden):
-            return BertSelfAttention.forward(self, hidden, mask_bias)  # not super(): see .layers
+            return BertSelfAttention.forward(self, hidden, mask_bias, output_attentions)  # not super(): see .layers
         B, S, H = hidden.shape
         N, D = self.num_heads, self.head_size
         # the three weights side by side: one [B, S, 3H] matmul instead of three [B, S, H] ones
@@ -28,8 +28,13 @@ class SelfAttention(layers.DropIn, BertSelfAttention):
         qkv = layers.linear(hidden, qkv_weight, qkv_bias)                       # [B, S, 3H]
         qkv = qkv.reshape(B, S, 3, N, D)                                        # [B, S, 3, N, D]
         if ops.eager_on_cpu(qkv):
-            return numpy_ops.self_attention(qkv, mask_bias, self.dropout.mask((B, N, S, S)))
-        return ops.self_attention(qkv, mask_bias, self.dropout)
+            keep = self.dropout.mask((B, N, S, S))
+            if keep is None and not output_attentions and not ops.needs_grad(qkv):
+                return numpy_ops.attention_inference(qkv, mask_bias), None           # prediction
+            context, probs = numpy_ops.self_attention(qkv, mask_bias, keep)
+        else:
+            context, probs = ops.self_attention(qkv, mask_bias, self.dropout)
+        return context, (probs if output_attentions else None)
 
 
 class LMPredictionHead(layers.DropIn, BertLMPredictionHead):

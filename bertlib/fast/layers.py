@@ -59,10 +59,13 @@ class LayerNorm(DropIn, nn.LayerNorm):
 
 
 class GELU(DropIn, nn.GELU):
-    """Exact (erf) GELU with one vectorised exponential shared by the forward and the backward."""
+    """Exact (erf) GELU with one vectorised exponential shared by the forward and the backward.
+
+    Without a backward to come (prediction under no_grad) the parent's forward kernel is the
+    faster one: the shared formulation earns its cost only by making the backward one product."""
 
     def forward(self, x):  # float32 [..., K] -> [..., K]
-        if ops.applies(self.kernels, x):
+        if ops.applies(self.kernels, x) and ops.needs_grad(x):
             return ops.gelu(x)
         return nn.GELU.forward(self, x)
 

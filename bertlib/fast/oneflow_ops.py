@@ -47,6 +47,13 @@ def eager_on_cpu(x) -> bool:
     return not x.is_lazy and not x.is_global and on_cpu(x)
 
 
+def needs_grad(x) -> bool:
+    """True when autograd may differentiate through ``x``: grad mode on and ``x`` requires grad,
+    or ``x`` is traced in nn.Graph (where that is decided later). When not (prediction under
+    no_grad), the forward-only formulations apply."""
+    return x.is_lazy or (flow.is_grad_enabled() and x.requires_grad)
+
+
 def applies(kernels: str, x) -> bool:
     """Whether ``BertConfig.kernels`` asks for bertlib.fast's formulations on tensor ``x``.
 
