@@ -171,6 +171,23 @@ def test_question_answering_matches_transformers(qa):
     assert abs(loss.item() - float(ref["squad_loss"])) <= ATOL
 
 
+def test_question_answering_in_cut_batches_matches_transformers(qa):
+    """bertlib.squad.logits.qa_logits (windows sorted by length, batches cut to their longest,
+    one window per batch here) gives transformers' logits at every real token, -inf at padding."""
+    from bertlib.squad.logits import qa_logits
+
+    model, ref = qa
+    mask = ref["attention_mask"]
+    assert (mask == 0).any(), "the fixture must have padding for this test to mean anything"
+    windows = [{"input_ids": i, "segment_ids": t, "input_mask": m}
+               for i, t, m in zip(ref["input_ids"], ref["token_type_ids"], mask)]
+    starts, ends = qa_logits(model, windows, batch_size=1)
+    for ours, theirs in ((starts, ref["start_logits"]), (ends, ref["end_logits"])):
+        assert ours.shape == theirs.shape
+        assert np.abs(ours[mask == 1] - theirs[mask == 1]).max() <= ATOL
+        assert np.isneginf(ours[mask == 0]).all()
+
+
 def test_bare_bert_model_checkpoint_without_prefix(kernels):
     ref = reference("bare")
     model = load_quietly(BertModel, FIXTURES / "bare", kernels=kernels).eval()

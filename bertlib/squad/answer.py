@@ -42,6 +42,7 @@ import numpy as np
 
 from .examples import SquadDataError, read_squad_examples
 from .features import check_vocab_case, convert_examples_to_features
+from .logits import qa_logits
 from .postprocess import RawResult, final_text_span, postprocess_predictions
 
 __all__ = ["Answer", "QAError", "QuestionAnswerer", "answer", "clear_model_cache",
@@ -326,24 +327,10 @@ class QuestionAnswerer:
         return answers
 
     def _logits(self, features) -> list[RawResult]:
-        """Start/end logits of every window, ``batch_size`` windows per forward pass."""
-        from ..runtime import import_oneflow
-
-        flow = import_oneflow()
-        device = self._loaded.device
-        results = []
-        for i in range(0, len(features), self.batch_size):
-            batch = features[i : i + self.batch_size]
-            # the features hold int32; the embeddings and the attention mask take int64
-            ids, segments, mask = (
-                flow.tensor(np.stack([getattr(f, k) for f in batch]).astype(np.int64), device=device)
-                for k in ("input_ids", "segment_ids", "input_mask"))  # int64 [b, max_seq_length]
-            with flow.no_grad():
-                out = self.model(ids, segments, mask)
-            starts = out.start_logits.cpu().numpy().astype(np.float32)  # [b, max_seq_length]
-            ends = out.end_logits.cpu().numpy().astype(np.float32)
-            results.extend(RawResult(f.unique_id, s, e) for f, s, e in zip(batch, starts, ends))
-        return results
+        """Start/end logits of every window, ``batch_size`` windows of similar length per pass."""
+        windows = ({k: getattr(f, k) for k in ("input_ids", "segment_ids", "input_mask")} for f in features)
+        starts, ends = qa_logits(self.model, windows, self.batch_size, self._loaded.device)
+        return [RawResult(f.unique_id, s, e) for f, s, e in zip(features, starts, ends)]
 
 
 def answer(model_dir, question, context: str | None = None, top_k: int = 1, **options):

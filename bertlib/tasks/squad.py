@@ -483,38 +483,22 @@ def predict_raw_results(model, data_dir, batch_size: int = 64, device: str = "cp
     """Run the eval OFRecords of ``data_dir`` (this rank's share) through ``model``.
 
     Returns numpy arrays ``unique_ids`` int64 [N], ``start_logits`` and ``end_logits`` float32
-    [N, S]. ``progress(done)`` is called after each batch when given.
+    [N, S] (``-inf`` at padding: see :func:`bertlib.squad.logits.qa_logits`, which batches windows
+    of similar length and cuts their padding). ``progress(done)`` is called after each batch.
     """
-    from ..runtime import import_oneflow
+    from ..squad.logits import qa_logits
 
-    flow = import_oneflow()
-    model = model.to(device)
-    model.eval()
-    uids, starts, ends = [], [], []
+    uids = []
 
-    def run(batch):
-        # the OFRecords store int32; the embeddings and attention mask take int64
-        ids, seg, mask = (flow.tensor(np.stack([r[k] for r in batch]).astype(np.int64), device=device)
-                          for k in ("input_ids", "segment_ids", "input_mask"))
-        with flow.no_grad():
-            out = model(ids, seg, mask)
-        starts.append(out.start_logits.cpu().numpy().astype(np.float32))  # [b, S]
-        ends.append(out.end_logits.cpu().numpy().astype(np.float32))
-        uids.extend(int(r["unique_ids"][0]) for r in batch)
-        if progress is not None:
-            progress(len(uids))
+    def windows():
+        for record in _eval_records(data_dir, rank, world):
+            uids.append(int(record["unique_ids"][0]))
+            yield record
 
-    batch = []
-    for record in _eval_records(data_dir, rank, world):
-        batch.append(record)
-        if len(batch) == batch_size:
-            run(batch)
-            batch = []
-    if batch:
-        run(batch)
+    starts, ends = qa_logits(model, windows(), batch_size, device, progress)
     if not uids:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return np.asarray(uids, np.int64), np.concatenate(starts), np.concatenate(ends)
+        return np.zeros(0, np.int64), starts, ends
+    return np.asarray(uids, np.int64), starts, ends
 
 
 def gather_raw_results(unique_ids, start_logits, end_logits, seq_length: int, total: int,
