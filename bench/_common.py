@@ -86,14 +86,38 @@ def flops_per_sample(config: dict, mlm_positions: int | None = None, seq_len: in
     return 6.0 * (encoder + heads + pooler_nsp) + 3.0 * 2 * attention
 
 
-def squad_windows(config: dict, count: int, seq_len: int, seed: int) -> dict:
+LENGTHS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "squad_window_lengths.json")
+WINDOW_LENGTHS = ("squad-dev", "half-padded")
+
+
+def _window_lengths(kind: str, count: int, seq_len: int, rng) -> np.ndarray:
+    """Tokens in each of ``count`` windows of ``seq_len``: drawn from SQuAD v1.1 dev's windows at that
+    length (bench/squad_window_lengths.json, made by bench/make_squad_lengths.py), or "half-padded":
+    half full, the others uniform between half and all of ``seq_len``."""
+    if kind == "half-padded":
+        full = rng.rand(count) < 0.5
+        return np.where(full, seq_len, rng.randint(seq_len // 2, seq_len + 1, count))
+    if kind != "squad-dev":
+        raise ValueError(f"window lengths {kind!r}: choose from {WINDOW_LENGTHS}")
+    with open(LENGTHS_FILE) as f:
+        table = json.load(f)["tokens_per_window"]
+    if str(seq_len) not in table:
+        raise ValueError(f"{LENGTHS_FILE} has no windows of {seq_len} tokens (it has {', '.join(table)}); "
+                         "run bench/make_squad_lengths.py, or use half-padded windows")
+    hist = table[str(seq_len)]
+    lengths = np.array([int(k) for k in hist])
+    counts = np.array(list(hist.values()), np.float64)
+    return rng.choice(lengths, size=count, p=counts / counts.sum())
+
+
+def squad_windows(config: dict, count: int, seq_len: int, seed: int, lengths: str = "squad-dev") -> dict:
     """``count`` synthetic SQuAD windows as int64 numpy arrays (the same for both frameworks).
 
     Laid out as bertlib.squad.features makes them: ``[CLS] question [SEP] context [SEP]`` then
-    padding (ids 0, mask 0, segment 0); the question is 8-30 tokens, segment 1 from the context on.
-    Half the windows are full; the others end uniformly between half and all of ``seq_len`` (short
-    contexts and last windows are padded). ``start_positions`` / ``end_positions`` [N, 1]: a span of
-    1-10 tokens inside the context, or 0 ([CLS]) for one window in ten (no answer in the window).
+    padding (ids 0, mask 0, segment 0); the question is 8-30 tokens (fewer in very short windows),
+    segment 1 from the context on. How many tokens each window holds: see :func:`_window_lengths`.
+    ``start_positions`` / ``end_positions`` [N, 1]: a span of 1-10 tokens inside the context, or 0
+    ([CLS]) for one window in ten (no answer in the window).
     """
     rng = np.random.RandomState(seed)
     V, S = config["vocab_size"], seq_len
@@ -102,9 +126,9 @@ def squad_windows(config: dict, count: int, seq_len: int, seed: int) -> dict:
     seg = np.zeros((count, S), np.int64)
     start = np.zeros((count, 1), np.int64)
     end = np.zeros((count, 1), np.int64)
-    for i in range(count):
-        length = S if rng.rand() < 0.5 else rng.randint(S // 2, S + 1)
-        q = rng.randint(8, 31)
+    for i, length in enumerate(_window_lengths(lengths, count, S, rng)):
+        length = max(int(length), 8)
+        q = min(rng.randint(8, 31), length - 4)                          # >= 1 context token
         ids[i, :length] = rng.randint(1000, V, length)
         ids[i, 0], ids[i, q + 1], ids[i, length - 1] = 101, 102, 102     # [CLS], [SEP], [SEP]
         mask[i, :length] = 1
@@ -114,6 +138,23 @@ def squad_windows(config: dict, count: int, seq_len: int, seed: int) -> dict:
             start[i, 0], end[i, 0] = s, min(s + rng.randint(0, 10), length - 2)
     return dict(input_ids=ids, attention_mask=mask, token_type_ids=seg,
                 start_positions=start, end_positions=end)
+
+
+def predict_flops(config: dict, mask: np.ndarray, batch: int, trimmed: bool) -> float:
+    """Model FLOPs of predicting the windows of ``mask`` int [N, S] in batches of ``batch``: every
+    position of every batch as computed, padded to S, or cut as :func:`trimmed_batches` cuts."""
+    N, S = mask.shape
+    if not trimmed:
+        return N * squad_forward_flops(config, S)
+    return sum(len(rows) * squad_forward_flops(config, cut) for rows, cut in trimmed_batches(mask, batch))
+
+
+def trimmed_batches(mask: np.ndarray, batch: int):
+    """[(rows, cut)]: the windows of ``mask`` int [N, S] sorted longest first, ``batch`` at a time,
+    each batch cut to its longest window; what bertlib.squad.logits does (for the PyTorch side)."""
+    lengths = mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1)
+    order = np.argsort(-lengths, kind="stable")
+    return [(order[i:i + batch], int(lengths[order[i:i + batch]].max())) for i in range(0, len(order), batch)]
 
 
 def squad_forward_flops(config: dict, seq_len: int) -> float:

@@ -1,8 +1,10 @@
 """Hugging Face transformers BertForQuestionAnswering on PyTorch (CPU), timed; runs in the reference venv.
 
 ``--task predict``: eval mode under ``torch.no_grad()``, batches of ``--batch`` windows, start and
-end logits brought out as numpy (as bertlib's prediction loop does); the first ``--warmup``
-batches are not timed.
+end logits brought out as numpy (as bertlib's prediction loop does): ``--warmup`` batches untimed,
+then ``--steps`` batches timed as one pass. Every window is padded to ``--seq-len`` as
+transformers' run_qa.py does by default, or with ``--trim`` sorted by length and cut per batch as
+bertlib does.
 ``--task train``: the model's own loss (mean of the start and end cross-entropies) with
 ``start_positions`` / ``end_positions``, ``--batch`` windows per optimizer step in micro-batches of
 ``--micro-batch``, fused AdamW (lr 3e-5, weight decay 0.01 on matrices), gradient clipping at norm
@@ -23,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _common  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def main():
@@ -36,6 +39,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--lengths", default="squad-dev", choices=_common.WINDOW_LENGTHS)
+    ap.add_argument("--trim", action="store_true",
+                    help="predict: windows sorted by length, each batch cut to its longest (bertlib's way)")
     args = ap.parse_args()
 
     import torch
@@ -50,17 +56,29 @@ def main():
     extra = {}
     if args.task == "predict":
         model.eval()
-        n = args.warmup + args.steps
-        w = _common.squad_windows(config, args.batch * n, args.seq_len, seed=200)
-        feeds = [{k: torch.from_numpy(w[k][i * args.batch:(i + 1) * args.batch].copy())
-                  for k in ("input_ids", "token_type_ids", "attention_mask")} for i in range(n)]
-        for i, feed in enumerate(feeds):
-            t0, c0 = time.perf_counter(), _common.cpu_seconds()
-            with torch.no_grad():
-                out = model(**feed)
-            out.start_logits.numpy(), out.end_logits.numpy()
-            times.append(time.perf_counter() - t0)
-            cpu.append(_common.cpu_seconds() - c0)
+        warm = _common.squad_windows(config, args.batch * args.warmup, args.seq_len, seed=199, lengths=args.lengths)
+        w = _common.squad_windows(config, args.batch * args.steps, args.seq_len, seed=200, lengths=args.lengths)
+        mask = w["attention_mask"]
+
+        def predict(w):
+            n = len(w["input_ids"])
+            if args.trim:      # longest first, each batch cut to its longest window (as bertlib)
+                plan = _common.trimmed_batches(w["attention_mask"], args.batch)
+            else:              # every window padded to --seq-len (run_qa.py's default, pad_to_max_length)
+                plan = [(np.arange(i, min(i + args.batch, n)), args.seq_len) for i in range(0, n, args.batch)]
+            for rows, cut in plan:
+                feed = {k: torch.from_numpy(w[k][rows, :cut])
+                        for k in ("input_ids", "token_type_ids", "attention_mask")}
+                with torch.no_grad():
+                    out = model(**feed)
+                out.start_logits.numpy(), out.end_logits.numpy()
+
+        predict(warm)
+        t0, c0 = time.perf_counter(), _common.cpu_seconds()
+        predict(w)
+        times, cpu = [0.0] * args.warmup + [time.perf_counter() - t0], [_common.cpu_seconds() - c0]
+        extra.update(windows_per_s=len(mask) / times[-1], timed_windows=len(mask), trimmed=args.trim,
+                     flops=_common.predict_flops(config, mask, args.batch, trimmed=args.trim))
         micro, acc = args.batch, 1
     else:
         model.train()
@@ -71,7 +89,7 @@ def main():
         optimizer, extra["fused_adamw"] = _common.torch_adamw(model, 3e-5, weight_decay=0.01)
         pool = []
         for k in range(3):
-            w = _common.squad_windows(config, args.batch, args.seq_len, seed=300 + k)
+            w = _common.squad_windows(config, args.batch, args.seq_len, seed=300 + k, lengths=args.lengths)
             w["start_positions"], w["end_positions"] = w["start_positions"][:, 0], w["end_positions"][:, 0]
             pool.append([{key: torch.from_numpy(v[i * micro:(i + 1) * micro].copy()) for key, v in w.items()}
                          for i in range(acc)])
@@ -91,14 +109,14 @@ def main():
             losses.append(total / acc)
         extra["losses"] = losses
     timed = times[args.warmup:]
+    if args.task == "predict":
+        cpu = [0.0] * args.warmup + cpu
     result = dict(framework="hf", task=args.task, config=args.config, seq_len=args.seq_len, processes=1,
                   threads=args.threads, batch=args.batch, micro_batch=micro, accumulation=acc,
                   warmup_s=sum(times[:args.warmup]), step_s=timed, step_s_median=statistics.median(timed),
                   cpu_s=cpu[args.warmup:], peak_rss_mb=_common.peak_rss_mb(), torch=torch.__version__,
                   transformers=transformers.__version__,
                   attn_implementation=getattr(model.config, "_attn_implementation", None), **extra)
-    if args.task == "predict":
-        result["windows_per_s"] = args.batch * len(timed) / sum(timed)
     _common.write_json(os.path.join(args.out, "hf.json"), result)
 
 

@@ -1,11 +1,12 @@
 """One bertlib SQuAD measurement, timed; run by bench/squad_throughput.py (1 process or a rank).
 
 ``--task predict``: bertlib.tasks.squad.predict_raw_results itself, the prediction loop of
-``bert-squad --do_eval`` (eval OFRecords -> batches -> BertForQuestionAnswering in eval mode under
-no_grad -> start/end logits as numpy), over synthetic eval OFRecords written first. Under N
-processes every rank predicts its share (record ``i`` goes to rank ``i % N``), as bert-squad does;
-``--batch`` is the batch per process. The clock is read after every batch (the loop's progress
-callback); the first ``--warmup`` batches are not timed.
+``bert-squad --do_eval`` (eval OFRecords -> windows of similar length in batches cut to their
+longest window -> BertForQuestionAnswering in eval mode under no_grad -> start/end logits as
+numpy), over synthetic eval OFRecords written first: ``--warmup`` batches per process, untimed,
+then ``--steps`` batches per process, timed as one pass. Under N processes every rank predicts its
+share (record ``i`` goes to rank ``i % N``), as bert-squad does; ``--batch`` is the batch per
+process.
 
 ``--task train``: bertlib.trainer.Trainer with bertlib.tasks.squad.squad_step_loss as
 ``bert-squad --do_train`` runs it (eager, AdamW lr 3e-5, weight decay 0.01, gradient clipping at
@@ -42,6 +43,7 @@ def parse_args():
     ap.add_argument("--batch", type=int, required=True, help="predict: per process; train: global batch")
     ap.add_argument("--micro-batch", type=int, default=None, help="train: examples per process per pass")
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--lengths", default="squad-dev", choices=_common.WINDOW_LENGTHS)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--out", required=True)
     return ap.parse_args()
@@ -54,30 +56,30 @@ def predict(args, flow, model, rank, world):
     from bertlib.tasks.squad import predict_raw_results
 
     cfg = _common.CONFIGS[args.config]
-    batches = args.warmup + args.steps
-    total = world * args.batch * batches
-    w = _common.squad_windows(cfg, total, args.seq_len, seed=200)
-    records = ({"input_ids": w["input_ids"][i].astype(np.int32), "input_mask": w["attention_mask"][i].astype(np.int32),
-                "segment_ids": w["token_type_ids"][i].astype(np.int32), "unique_ids": np.array([i], np.int32)}
-               for i in range(total))
-    data_dir = os.path.join(args.out, f"eval-data-rank{rank}")
-    write_shards(records, data_dir, world)       # bert-squad makes one part per process
+
+    def eval_data(name, count, seed):
+        w = _common.squad_windows(cfg, count, args.seq_len, seed=seed, lengths=args.lengths)
+        records = ({"input_ids": w["input_ids"][i].astype(np.int32),
+                    "input_mask": w["attention_mask"][i].astype(np.int32),
+                    "segment_ids": w["token_type_ids"][i].astype(np.int32), "unique_ids": np.array([i], np.int32)}
+                   for i in range(count))
+        data_dir = os.path.join(args.out, f"{name}-rank{rank}")
+        write_shards(records, data_dir, world)   # bert-squad makes one part per process
+        mine = w["attention_mask"][rank::world]  # the records this rank predicts (i % world == rank)
+        return data_dir, len(mine), _common.predict_flops(cfg, mine, args.batch, trimmed=True)
+
+    warm_dir, _, _ = eval_data("warmup", world * args.batch * args.warmup, seed=199)
+    timed_dir, count, flops = eval_data("eval", world * args.batch * args.steps, seed=200)
+    predict_raw_results(model, warm_dir, args.batch, "cpu", rank, world)
     if world > 1:
         flow.comm.barrier()                      # the processes predict at the same time, as in bert-squad
-    marks = [(time.perf_counter(), _common.cpu_seconds(), time.time())]
-
-    def progress(done):
-        marks.append((time.perf_counter(), _common.cpu_seconds(), time.time()))
-
-    uids, starts, _ = predict_raw_results(model, data_dir, args.batch, "cpu", rank, world, progress=progress)
-    if len(uids) != args.batch * batches or starts.shape[1] != args.seq_len:
-        raise SystemExit(f"predicted {len(uids)} windows of {starts.shape}, expected {args.batch * batches}")
-    times = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
-    cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
-    timed = times[args.warmup:]
-    return dict(warmup_s=sum(times[:args.warmup]), step_s=timed, step_s_median=statistics.median(timed),
-                cpu_s=cpu[args.warmup:], windows_per_s=args.batch * len(timed) / sum(timed),
-                timed_windows=args.batch * len(timed), timed_from=marks[args.warmup][2], timed_to=marks[-1][2],
+    t0, c0, w0 = time.perf_counter(), _common.cpu_seconds(), time.time()
+    uids, starts, _ = predict_raw_results(model, timed_dir, args.batch, "cpu", rank, world)
+    seconds, cpu = time.perf_counter() - t0, _common.cpu_seconds() - c0
+    if len(uids) != count or starts.shape[1] != args.seq_len:
+        raise SystemExit(f"predicted {len(uids)} windows of {starts.shape}, expected {count}")
+    return dict(step_s=[seconds], step_s_median=seconds, cpu_s=[cpu], windows_per_s=count / seconds,
+                timed_windows=count, timed_from=w0, timed_to=time.time(), flops=flops, warmup_s=0.0,
                 micro_batch=args.batch, accumulation=1)
 
 
@@ -95,7 +97,7 @@ def train(args, flow, model, rank, world):
     names = {"token_type_ids": "segment_ids", "attention_mask": "input_mask"}
     micro_batches = []   # a few different batches, cycled: data generation stays out of the timing
     for k in range(3):
-        w = _common.squad_windows(cfg, per_rank, args.seq_len, seed=300 + 10 * rank + k)
+        w = _common.squad_windows(cfg, per_rank, args.seq_len, seed=300 + 10 * rank + k, lengths=args.lengths)
         for i in range(acc):
             rows = slice(i * micro, (i + 1) * micro)
             micro_batches.append({names.get(key, key): flow.tensor(a[rows]) for key, a in w.items()})

@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """SQuAD throughput on this machine: bertlib (OneFlow) and Hugging Face (PyTorch), one run.
 
-Synthetic SQuAD windows (bench/_common.py: ``[CLS] question [SEP] context [SEP]`` + padding, half
-of them padded, random token ids and answer spans), the same on both sides, at each
-``--seq-lengths`` (default 256 and 384), for:
+Synthetic SQuAD windows (bench/_common.py: ``[CLS] question [SEP] context [SEP]`` + padding, random
+token ids and answer spans), the same on both sides, at each ``--seq-lengths`` (default 256 and
+384), each holding as many tokens as a window of SQuAD v1.1's dev set drawn at random (at seq 384:
+178 on average, 2.4% full; bench/squad_window_lengths.json), for:
 
 * prediction, windows/s (forward only, eval mode, no grad), MiniLM-L6 dims (6 layers, hidden 384,
   12 heads, intermediate 1536) and with ``--predict-configs minilm,base`` BERT-base too:
   bertlib = ``bertlib.tasks.squad.predict_raw_results``, the prediction loop of ``bert-squad
-  --do_eval`` (eval OFRecords -> BertForQuestionAnswering -> logits), in one process per core of 1
-  thread each, every process predicting its share (the sum of their windows/s); PyTorch =
-  transformers' ``BertForQuestionAnswering``, threads = cores; batch ``--predict-batch`` (64) per
-  process on both sides;
+  --do_eval`` (eval OFRecords -> windows sorted by length, each batch cut to its longest ->
+  BertForQuestionAnswering -> logits), in one process per core of 1 thread each, every process
+  predicting its share (the sum of their windows/s); PyTorch = transformers'
+  ``BertForQuestionAnswering``, threads = cores, twice: every window padded to the sequence length
+  (transformers' run_qa.py's default) and with bertlib's batching (``hf-trimmed``); batch
+  ``--predict-batch`` (64) per process on both sides;
 * fine-tuning, windows/s, MiniLM-L6 and BERT-base dims: bertlib = bertlib.trainer.Trainer with
   bertlib.tasks.squad.squad_step_loss as ``bert-squad --do_train`` runs it (eager, AdamW lr 3e-5,
   weight decay 0.01, gradient clipping at 1.0, dropout 0.1), one process per core; PyTorch =
@@ -56,12 +59,14 @@ import _common  # noqa: E402
 import _driver  # noqa: E402
 
 # Timed steps (prediction: batches per process; fine-tuning: optimizer steps) and warm-up steps.
-DEFAULT_STEPS = {("predict", "minilm"): (2, 1), ("predict", "base"): (1, 1),
+DEFAULT_STEPS = {("predict", "minilm"): (4, 1), ("predict", "base"): (2, 1),
                  ("train", "minilm"): (3, 1), ("train", "base"): (2, 1), }
 # Fine-tuning micro-batches are capped in tokens so that two bertlib processes (or PyTorch's one)
 # fit in memory at seq 384 next to the rest of the machine; the rest of the batch is accumulated.
 TRAIN_TOKENS = {"minilm": {"bertlib": 8192, "hf": 16384}, "base": {"bertlib": 2048, "hf": 4096},
                 "tiny": {"bertlib": 8192, "hf": 16384}}
+LENGTH_NOTES = {"squad-dev": "as many tokens as SQuAD v1.1 dev's windows: bench/squad_window_lengths.json",
+                "half-padded": "half of them full, half between half and all of the sequence length"}
 TASK_NAMES = {"predict": "prediction (forward only, eval mode, no grad)",
               "train": "fine-tuning (forward + backward + AdamW step)"}
 
@@ -80,7 +85,13 @@ def parse_args(argv=None):
                     help="of --configs, the sizes whose prediction is measured (BERT-base's adds ~30 min)")
     ap.add_argument("--tasks", default="predict,train", help="comma-separated: predict, train")
     ap.add_argument("--seq-lengths", default="256,384", help="tokens per window, comma-separated")
-    ap.add_argument("--frameworks", default="bertlib,hf", help="comma-separated: bertlib, hf")
+    ap.add_argument("--frameworks", default="bertlib,hf,hf-trimmed",
+                    help="comma-separated: bertlib, hf (windows padded to the sequence length, as transformers' "
+                         "run_qa.py by default), hf-trimmed (prediction only: PyTorch with bertlib's batching, "
+                         "windows sorted by length and each batch cut to its longest)")
+    ap.add_argument("--lengths", default="squad-dev", choices=_common.WINDOW_LENGTHS,
+                    help="tokens per synthetic window: drawn from SQuAD v1.1 dev's windows at each sequence length "
+                         "(bench/squad_window_lengths.json), or half-padded (half full, half between S/2 and S)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="run every configuration this many times, frameworks interleaved within each round; "
                          "each reports its median round and the spread")
@@ -103,11 +114,11 @@ def parse_args(argv=None):
                     help="before each run wait (up to --quiet-wait s) until the 1-minute load average is below L")
     ap.add_argument("--quiet-wait", type=int, default=600)
     ap.add_argument("--quick", action="store_true",
-                    help="smoke test: MiniLM dims, seq 64, batch 4, 1 warm-up + 1 timed step, 1 round")
+                    help="smoke test: MiniLM dims, seq 128, batch 4, 1 warm-up + 1 timed step, 1 round")
     args = ap.parse_args(argv)
     if args.quick:
         args.configs = args.predict_configs = "minilm"
-        args.seq_lengths, args.predict_batch, args.train_batch = "64", 4, 4
+        args.seq_lengths, args.predict_batch, args.train_batch = "128", 4, 4
         args.steps, args.warmup = 1, 1
         if args.rounds == ap.get_default("rounds"):
             args.rounds = 1
@@ -148,6 +159,10 @@ def build_jobs(args) -> list[Job]:
             warmup = args.warmup if args.warmup is not None else warmup
             for seq in seqs:
                 for fw in frameworks:
+                    if fw not in ("bertlib", "hf", "hf-trimmed"):
+                        raise SystemExit(f"unknown framework {fw!r}; choose from bertlib, hf, hf-trimmed")
+                    if fw == "hf-trimmed" and task != "predict":
+                        continue
                     if task == "predict":
                         batch, micro = args.predict_batch, None
                     else:
@@ -158,13 +173,14 @@ def build_jobs(args) -> list[Job]:
     for job in jobs:
         cmd = ["python", "bench/squad_throughput.py", "--tasks", job.task, "--configs", job.config,
                "--predict-configs", job.config, "--seq-lengths", str(job.seq), "--frameworks", job.framework,
-               "--rounds", str(args.rounds), "--steps", str(job.steps), "--warmup", str(job.warmup)]
+               "--rounds", str(args.rounds), "--steps", str(job.steps), "--warmup", str(job.warmup),
+               "--lengths", args.lengths]
         if job.task == "predict":
             cmd += ["--predict-batch", str(job.batch)]
         else:
             cmd += ["--train-batch", str(job.batch), "--micro-batch", str(job.micro)]
         cmd += ["--procs", str(args.procs)] if job.framework == "bertlib" else ["--threads", str(args.threads)]
-        if job.framework == "hf" and args.ref_python != _driver.DEFAULT_REF_PYTHON:
+        if job.framework != "bertlib" and args.ref_python != _driver.DEFAULT_REF_PYTHON:
             cmd += ["--ref-python", args.ref_python]
         job.repro = _driver.shell(cmd)
     return jobs
@@ -174,7 +190,7 @@ def build_jobs(args) -> list[Job]:
 def run_job(args, job: Job) -> dict:
     out_dir = tempfile.mkdtemp(prefix="squad-bench-")
     common = ["--config", job.config, "--task", job.task, "--seq-len", str(job.seq), "--batch", str(job.batch),
-              "--steps", str(job.steps), "--warmup", str(job.warmup), "--out", out_dir]
+              "--steps", str(job.steps), "--warmup", str(job.warmup), "--out", out_dir, "--lengths", args.lengths]
     if job.micro:
         common += ["--micro-batch", str(job.micro)]
     base = dict(framework=job.framework, task=job.task, config=job.config, seq_len=job.seq)
@@ -204,11 +220,14 @@ def run_job(args, job: Job) -> dict:
                 result["windows_per_s"] = job.batch / result["step_s_median"]
             return result
         cmd = [args.ref_python, os.path.join(HERE, "_hf_squad_worker.py"), *common, "--threads", str(args.threads)]
+        if job.framework == "hf-trimmed":
+            cmd.append("--trim")
         code, tail = _driver.run(cmd, args.timeout, _driver.ref_env(args.threads))
         path = os.path.join(out_dir, "hf.json")
         if code != 0 or not os.path.exists(path):
             return dict(base, error=tail or f"exit code {code}")
         result = json.load(open(path))
+        result["framework"] = job.framework
         result["peak_rss_mb"] = [result["peak_rss_mb"]]
         result["cpu_s_median"] = [statistics.median(result["cpu_s"])]
         if job.task == "train":
@@ -221,7 +240,9 @@ def run_job(args, job: Job) -> dict:
 # ---------------------------------------------------------------------------------------- report
 def _label(r) -> str:
     if r["framework"] == "hf":
-        return "HF/PyTorch BertForQuestionAnswering"
+        return "HF/PyTorch BertForQuestionAnswering" + (", padded" if r["task"] == "predict" else "")
+    if r["framework"] == "hf-trimmed":
+        return "HF/PyTorch BertForQuestionAnswering, bertlib's batching"
     return "bertlib: " + ("bertlib.tasks.squad.predict_raw_results" if r["task"] == "predict"
                           else "Trainer + squad_step_loss")
 
@@ -230,23 +251,29 @@ def table(results, task, peak) -> list[str]:
     rows = [r for r in results if r["task"] == task]
     lines = ["| # | model | seq | run | procs x threads | batch: micro x accum. | windows/s (median) "
              "| spread (min-max) | each round | MFU | CPU s / step / proc | peak RSS / proc (MiB) "
-             "| bertlib / PyTorch | load before |",
-             "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| bertlib / PyTorch | bertlib / PyTorch with bertlib's batching | load before |",
+             "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(rows, 1):
         head = f"| {i} | {r['config']} | {r['seq_len']} | {_label(r)} |"
         if "error" in r:
-            lines.append(f"{head} failed: {_driver.failure_line(r)} ||||||||||")
+            lines.append(f"{head} failed: {_driver.failure_line(r)} |||||||||||")
             continue
-        ref = next((h for h in rows if h["framework"] == "hf" and "error" not in h and h["config"] == r["config"]
-                    and h["seq_len"] == r["seq_len"]), None)
-        ratio = f"{r['rate_median'] / ref['rate_median']:.2f}x" if ref and r["framework"] == "bertlib" else "-"
-        flops = _common.squad_forward_flops(_common.CONFIGS[r["config"]], r["seq_len"]) * (3 if task == "train" else 1)
+
+        def ratio(framework):
+            ref = next((h for h in rows if h["framework"] == framework and "error" not in h
+                        and h["config"] == r["config"] and h["seq_len"] == r["seq_len"]), None)
+            return f"{r['rate_median'] / ref['rate_median']:.2f}x" if ref and r["framework"] == "bertlib" else "-"
+
+        if "flops" in r:    # prediction: the work as computed (padded, or cut per batch)
+            flops = r["flops"] / r["timed_windows"]
+        else:
+            flops = _common.squad_forward_flops(_common.CONFIGS[r["config"]], r["seq_len"]) * 3
         mfu = f"{100 * r['rate_median'] * flops / 1e9 / peak:.0f}%" if peak else "-"
         per = r["batch"] if task == "train" else f"{r['batch']} / proc"
         lines.append(f"{head} {r['processes']} x {r['threads']} | {per}: {r['micro_batch']} x {r['accumulation']} | "
                      f"{r['rate_median']:.2f} | {_driver.spread(r)} | {', '.join(f'{v:.2f}' for v in r['rounds'])} | "
                      f"{mfu} | {' / '.join(f'{c:.1f}' for c in r['cpu_s_median'])} | "
-                     f"{' / '.join(f'{m:.0f}' for m in r['peak_rss_mb'])} | {ratio} | "
+                     f"{' / '.join(f'{m:.0f}' for m in r['peak_rss_mb'])} | {ratio('hf')} | {ratio('hf-trimmed')} | "
                      f"{r.get('load_before', float('nan')):.1f} |")
     return lines + ["", "Reproduce each row (it and nothing else, same rounds):", ""] + [
         f"{i}. `{r['repro']}`" for i, r in enumerate(rows, 1)]
@@ -263,7 +290,7 @@ def main(argv=None):
     for rnd in range(1, args.rounds + 1):
         for index, job in enumerate(jobs):
             who = (f"bertlib {args.procs} procs x 1 thread" if job.framework == "bertlib"
-                   else f"HF {args.threads} threads")
+                   else f"{job.framework} {args.threads} threads")
             print(f"[{job.task} {job.config} seq {job.seq}] round {rnd}/{args.rounds}: {who} ...", flush=True)
             load = _driver.wait_for_quiet(args.quiet_load, args.quiet_wait)
             r = run_job(args, job)
@@ -282,12 +309,14 @@ def main(argv=None):
            f"Machine: {platform.node()}, {cores} cores ({_driver.cpu_model()}), {_driver.mem_gb():.0f} GB RAM; "
            f"date {started:%Y-%m-%d %H:%M}; load average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}",
            _driver.sgemm_line(sgemm, cores, n, reps),
-           f"Settings: synthetic SQuAD windows (half padded), fp32; bertlib {args.procs} processes x 1 thread, "
+           f"Settings: synthetic SQuAD windows ({LENGTH_NOTES[args.lengths]}), fp32; "
+           f"bertlib {args.procs} processes x 1 thread, "
            f"PyTorch 1 process x {args.threads} threads; {args.rounds} round(s), frameworks interleaved in each, "
            "the median round reported with the spread of all rounds. bertlib's prediction rate is the sum of "
            "its processes' (each predicts its own share of the windows; they start together). "
-           "MFU counts the model FLOPs of every token, "
-           "padding included (encoder matmuls + attention products + QA layer; x3 for fine-tuning).", ""]
+           "MFU counts the model FLOPs of every position computed, padding included (encoder matmuls + "
+           "attention products + QA layer; x3 for fine-tuning): prediction in batches cut to their longest "
+           "window computes less of it.", ""]
     for task in ("predict", "train"):
         if any(r["task"] == task for r in results):
             what = (f"batch {args.predict_batch} per process" if task == "predict"
