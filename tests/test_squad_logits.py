@@ -132,3 +132,21 @@ def test_gelu_without_gradient_matches_the_training_formulation():
     with flow.no_grad():
         without = act(x)                    # OneFlow's forward kernel
     np.testing.assert_allclose(without.numpy(), with_grad.detach().numpy(), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 48), (700, 32)])    # 700 rows: several cache-sized pieces
+def test_layer_norm_without_gradient_matches_the_training_formulation(shape):
+    from bertlib.fast import layers
+
+    norm = layers.LayerNorm.adopt(flow.nn.LayerNorm(shape[-1], eps=1e-3), "fast")
+    with flow.no_grad():
+        norm.weight.copy_(flow.tensor(RNG.rand(shape[-1]).astype(np.float32) + 0.5))
+        norm.bias.copy_(flow.tensor(RNG.randn(shape[-1]).astype(np.float32)))
+    x = flow.tensor((RNG.randn(*shape) * 3 + 1).astype(np.float32), requires_grad=True)
+    with_grad = norm(x)                     # the training formulation (a backward follows)
+    with flow.no_grad():
+        without = norm(x)                   # NumPy over cache-sized pieces
+        builtin = flow.nn.functional.layer_norm(x, (shape[-1],), norm.weight, norm.bias, 1e-3)
+    assert without.shape == x.shape
+    np.testing.assert_allclose(without.numpy(), with_grad.detach().numpy(), atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(without.numpy(), builtin.numpy(), atol=2e-5, rtol=1e-5)

@@ -50,10 +50,13 @@ class Linear(DropIn, nn.Linear):
 
 
 class LayerNorm(DropIn, nn.LayerNorm):
-    """LayerNorm over the last axis, row statistics and broadcasts written as matmuls on the CPU."""
+    """LayerNorm over the last axis, row statistics and broadcasts written as matmuls on the CPU
+    (NumPy over cache-sized pieces at prediction)."""
 
     def forward(self, x):  # float32 [..., H] -> [..., H]
         if ops.applies(self.kernels, x):
+            if ops.eager_on_cpu(x) and not ops.needs_grad(x):     # prediction: no backward to prepare
+                return numpy_ops.layer_norm_inference(x, self.weight, self.bias, self.eps)
             return ops.layer_norm(x, self.weight, self.bias, self.eps)
         return nn.LayerNorm.forward(self, x)
 

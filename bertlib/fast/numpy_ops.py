@@ -97,6 +97,40 @@ def linear(x, weight, bias):
     return y.reshape(*shape[:-1], weight.shape[0])                             # [..., out]
 
 
+# ---------------------------------------------------------------------------------- layer norm
+_LN_ROWS = 256   # rows per piece: a [256, H] piece and its statistics stay in the core's cache
+
+
+def layer_norm_inference(x, weight, bias, eps: float):
+    """x float32 [..., H] (eager, CPU, no gradient to come); weight, bias [H] ->
+    (x - mean) / sqrt(var + eps) * weight + bias, [..., H].
+
+    The statistics are two-pass, as in the training formulation, over pieces of ``_LN_ROWS`` rows
+    that stay in cache between the passes: at prediction the whole of LayerNorm is these five
+    passes over each piece, with nothing to keep for a backward pass.
+    """
+    a = x.contiguous().numpy()
+    H = a.shape[-1]
+    rows = a.reshape(-1, H)                                                      # [M, H]
+    out = np.empty_like(rows)
+    w, b = weight.numpy(), bias.numpy()
+    inv_h = np.float32(1.0 / H)
+    for i in range(0, rows.shape[0], _LN_ROWS):
+        piece, o = rows[i:i + _LN_ROWS], out[i:i + _LN_ROWS]                    # [m, H]
+        mean = piece.sum(axis=1, keepdims=True)
+        mean *= inv_h                                                            # [m, 1]
+        np.subtract(piece, mean, out=o)                                          # centred
+        var = np.einsum("ij,ij->i", o, o)[:, None]
+        var *= inv_h
+        var += np.float32(eps)
+        np.sqrt(var, out=var)
+        np.divide(np.float32(1.0), var, out=var)                                 # 1 / std, [m, 1]
+        o *= var
+        o *= w
+        o += b
+    return flow.from_numpy(out.reshape(a.shape))
+
+
 # ------------------------------------------------------------------------------ self-attention
 class _AttentionCore(flow.autograd.Function):
     """softmax(Q K^T / sqrt(D) + mask_bias), dropout, times V, for every head, with NumPy's matmul.
