@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Where a bertlib training step spends its time on this CPU (one process, eager).
 
-Three views, each printed as a markdown table:
+Three views of a training step, each printed as a markdown table (or, with ``--predict S``, one of
+SQuAD prediction: the time of an eager forward under no_grad per kind of module):
 
 1. the step: forward, backward, optimizer (CPU seconds, synchronised around each part);
 2. one encoder layer, forward + backward: the whole layer and each of its pieces timed alone at the
@@ -11,6 +12,7 @@ Three views, each printed as a markdown table:
 
     python bench/op_profile.py --config base --batch 8
     python bench/op_profile.py --config tiny --batch 32
+    python bench/op_profile.py --config minilm --batch 64 --predict 176   # SQuAD prediction instead
 
 Times are the minimum over repetitions (least disturbed by other load on the machine).
 """
@@ -35,6 +37,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--kernels", default="auto", choices=["auto", "fast", "reference"],
                     help="BertConfig.kernels for the step and the layer (views 1 and 2)")
+    ap.add_argument("--predict", type=int, default=None, metavar="S",
+                    help="instead: where SQuAD prediction spends its time, BertForQuestionAnswering under no_grad "
+                         "on --batch windows of S tokens (a batch bertlib.squad.logits cut to S)")
     args = ap.parse_args()
 
     from bertlib.config import BertConfig
@@ -43,6 +48,11 @@ def main():
     flow = import_oneflow()
     cfg = BertConfig(**_common.CONFIGS[args.config], kernels=args.kernels)
     rate = sgemm_gflops(flow)
+    if args.predict:
+        print(f"# {args.config} prediction, batch {args.batch} x {args.predict} tokens, one process, kernels "
+              f"{args.kernels}; sgemm {rate:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}\n")
+        profile_prediction(flow, cfg, args, rate)
+        return
     print(f"# {args.config}, batch {args.batch} x {_common.SEQ_LEN} tokens, one process, kernels {args.kernels}; "
           f"sgemm {rate:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}\n")
     profile_step(flow, cfg, args, rate)
@@ -116,6 +126,65 @@ def profile_step(flow, cfg, args, rate):
     for name, v in parts.items():
         print(f"| {name} | {min(v):.3f} | {100 * min(v) / step:.0f}% |")
     print(f"| total | {step:.3f} | matmul FLOPs alone at {rate:.0f} GFLOP/s: {flops / rate / 1e9:.3f} s |\n")
+
+
+def profile_prediction(flow, cfg, args, rate):
+    """View 4 (``--predict S``): one eager forward of BertForQuestionAnswering under no_grad, time per
+    kind of module (synchronised around each), the matmuls counted wherever they run."""
+    import numpy as np
+
+    from bertlib.fast import layers, numpy_ops
+    from bertlib.model import BertEmbeddings, BertForQuestionAnswering
+
+    sync = flow._oneflow_internal.eager.Sync
+    spent = {}
+
+    def timed(fn, label):
+        def run(*a, **kw):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            sync()
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+            return out
+        return run
+
+    # module classes patched for this process only; the attention core and the matmul (Q/K/V and
+    # output projections, FFN, QA head) are functions called from inside the modules
+    patches = [(layers.LayerNorm, "forward", "LayerNorm"), (layers.GELU, "forward", "GELU"),
+               (BertEmbeddings, "forward", "embeddings"), (numpy_ops, "attention_inference", "attention core"),
+               (numpy_ops, "linear", "matmuls (+ bias)")]
+    for owner, name, label in patches:
+        setattr(owner, name, timed(getattr(owner, name), label))
+    flow.manual_seed(0)
+    model = BertForQuestionAnswering(cfg).eval()
+    B, S = args.batch, args.predict
+    ids = flow.tensor(np.random.RandomState(0).randint(1000, cfg.vocab_size, (B, S)))
+    types, mask = flow.zeros_like(ids), flow.ones_like(ids)
+    totals = []
+    for i in range(args.reps + 1):
+        spent.clear()
+        sync()
+        t0 = time.perf_counter()
+        with flow.no_grad():
+            model(ids, types, mask).start_logits.numpy()
+        totals.append(time.perf_counter() - t0)
+    total = totals[-1]
+    flops = _common.squad_forward_flops(_common.CONFIGS[args.config], S) * B
+    a = np.random.rand(2048, 2048).astype(np.float32)
+    np.matmul(a, a)
+    t0 = time.perf_counter()
+    np.matmul(a, a)
+    numpy_rate = 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e9   # the BLAS the matmuls run on here
+    rate = max(rate, numpy_rate)
+    print(f"NumPy sgemm 2048^3: {numpy_rate:.0f} GFLOP/s\n")
+    print(f"| part of the forward (last of {args.reps} runs) | s | share |\n|---|---:|---:|")
+    for label, t in sorted(spent.items(), key=lambda kv: -kv[1]):
+        print(f"| {label} | {t:.3f} | {100 * t / total:.0f}% |")
+    print(f"| the rest (residual adds, mask, reshapes) | {total - sum(spent.values()):.3f} | "
+          f"{100 * (total - sum(spent.values())) / total:.0f}% |")
+    print(f"| total | {total:.3f} | {B / total:.1f} windows/s; model FLOPs at {rate:.0f} GFLOP/s: "
+          f"{flops / rate / 1e9:.3f} s |\n")
 
 
 def profile_layer(flow, cfg, args, rate):
