@@ -50,7 +50,7 @@ def main():
     rate = sgemm_gflops(flow)
     if args.predict:
         print(f"# {args.config} prediction, batch {args.batch} x {args.predict} tokens, one process, kernels "
-              f"{args.kernels}; sgemm {rate:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}\n")
+              f"{args.kernels}; OneFlow sgemm {rate:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}\n")
         profile_prediction(flow, cfg, args, rate)
         return
     print(f"# {args.config}, batch {args.batch} x {_common.SEQ_LEN} tokens, one process, kernels {args.kernels}; "
