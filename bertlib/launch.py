@@ -422,8 +422,13 @@ def _root_cause(ranks: list[_Rank], first: _Rank) -> _Rank:
     deadline = time.monotonic() + _SETTLE_SECONDS
     while time.monotonic() < deadline and any(r.proc.poll() is None for r in ranks):
         time.sleep(_POLL_SECONDS)
-    causes = [r for r in ranks if r.proc.poll() not in (None, 0, -signal.SIGABRT)]
+    causes = [r for r in ranks if _failed_by_itself(r)]
     return causes[0] if causes else first
+
+
+def _failed_by_itself(rank: _Rank) -> bool:
+    """Ended with an error other than OneFlow's SIGABRT after a peer was lost."""
+    return rank.proc.poll() not in (None, 0, -signal.SIGABRT)
 
 
 def _own_cause(ranks: list[_Rank]) -> _Rank | None:
@@ -431,7 +436,7 @@ def _own_cause(ranks: list[_Rank]) -> _Rank | None:
     seen within the settle time; None if there is none."""
     deadline = time.monotonic() + _SETTLE_SECONDS
     while True:
-        causes = [r for r in ranks if r.proc.poll() not in (None, 0, -signal.SIGABRT)]
+        causes = [r for r in ranks if _failed_by_itself(r)]
         if causes or time.monotonic() >= deadline:
             return causes[0] if causes else None
         time.sleep(_POLL_SECONDS)
