@@ -61,8 +61,10 @@ def qa_logits(model, windows: Iterable[dict], batch_size: int = 64, device: str 
         ids, seg, mask = (np.stack([np.asarray(w[k]) for w in pool]).astype(np.int64)
                           for k in ("input_ids", "segment_ids", "input_mask"))         # [P, S]
         lengths = _lengths(mask)
-        start = np.full(ids.shape, -np.inf, np.float32)                                 # [P, S]
-        end = np.full(ids.shape, -np.inf, np.float32)
+        # written below: every position before a batch's cut; -inf at every 0 of the mask, which
+        # covers all positions from the cut on (a window's length ends after its last 1)
+        start = np.empty(ids.shape, np.float32)                                         # [P, S]
+        end = np.empty(ids.shape, np.float32)
         order = np.argsort(-lengths, kind="stable")                                    # longest first
         for i in range(0, len(order), batch_size):
             rows = order[i:i + batch_size]
@@ -75,7 +77,7 @@ def qa_logits(model, windows: Iterable[dict], batch_size: int = 64, device: str 
             if progress is not None:
                 progress(done)
         padding = mask == 0
-        start[padding] = -np.inf                       # the padding of the shorter rows of a batch
+        start[padding] = -np.inf
         end[padding] = -np.inf
         starts.append(start)
         ends.append(end)
