@@ -161,21 +161,15 @@ def profile_prediction(flow, cfg, args, rate):
     B, S = args.batch, args.predict
     ids = flow.tensor(np.random.RandomState(0).randint(1000, cfg.vocab_size, (B, S)))
     types, mask = flow.zeros_like(ids), flow.ones_like(ids)
-    totals = []
-    for i in range(args.reps + 1):
+    for _ in range(args.reps + 1):    # the first run warms up; the last run's times are printed
         spent.clear()
         sync()
         t0 = time.perf_counter()
         with flow.no_grad():
             model(ids, types, mask).start_logits.numpy()
-        totals.append(time.perf_counter() - t0)
-    total = totals[-1]
+        total = time.perf_counter() - t0
     flops = _common.squad_forward_flops(_common.CONFIGS[args.config], S) * B
-    a = np.random.rand(2048, 2048).astype(np.float32)
-    np.matmul(a, a)
-    t0 = time.perf_counter()
-    np.matmul(a, a)
-    numpy_rate = 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e9   # the BLAS the matmuls run on here
+    numpy_rate = numpy_sgemm_gflops()     # the BLAS the matmuls run on here
     rate = max(rate, numpy_rate)
     print(f"NumPy sgemm 2048^3: {numpy_rate:.0f} GFLOP/s\n")
     print(f"| part of the forward (last of {args.reps} runs) | s | share |\n|---|---:|---:|")
@@ -284,15 +278,27 @@ def attention_with_oneflow_ops(qkv, mask_bias, keep):
     return oneflow_ops.self_attention(qkv, mask_bias, lambda probs: probs * keep)[0]
 
 
-def sgemm_gflops(flow, n=2048, reps=3) -> float:
-    a, b = flow.randn(n, n), flow.randn(n, n)
-    flow.matmul(a, b).numpy()
+def _best_rate(run, n: int, reps: int) -> float:
+    """GFLOP/s of ``run()``, an n^3 matmul, over its fastest of ``reps`` runs after a warm-up."""
+    run()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        flow.matmul(a, b).numpy()
+        run()
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best / 1e9
+
+
+def sgemm_gflops(flow, n=2048, reps=3) -> float:
+    a, b = flow.randn(n, n), flow.randn(n, n)
+    return _best_rate(lambda: flow.matmul(a, b).numpy(), n, reps)
+
+
+def numpy_sgemm_gflops(n=2048, reps=3) -> float:
+    import numpy as np
+
+    a = np.random.rand(n, n).astype(np.float32)
+    return _best_rate(lambda: np.matmul(a, a), n, reps)
 
 
 if __name__ == "__main__":

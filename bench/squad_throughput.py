@@ -65,6 +65,7 @@ DEFAULT_STEPS = {("predict", "minilm"): (4, 1), ("predict", "base"): (2, 1),
 # fit in memory at seq 384 next to the rest of the machine; the rest of the batch is accumulated.
 TRAIN_TOKENS = {"minilm": {"bertlib": 8192, "hf": 16384}, "base": {"bertlib": 2048, "hf": 4096},
                 "tiny": {"bertlib": 8192, "hf": 16384}}
+FRAMEWORKS = ("bertlib", "hf", "hf-trimmed")
 LENGTH_NOTES = {"squad-dev": "as many tokens as SQuAD v1.1 dev's windows: bench/squad_window_lengths.json",
                 "half-padded": "half of them full, half between half and all of the sequence length"}
 TASK_NAMES = {"predict": "prediction (forward only, eval mode, no grad)",
@@ -147,6 +148,9 @@ def build_jobs(args) -> list[Job]:
     for c in configs:
         if c not in _common.CONFIGS:
             raise SystemExit(f"unknown config {c!r}; choose from {sorted(_common.CONFIGS)}")
+    for fw in frameworks:
+        if fw not in FRAMEWORKS:
+            raise SystemExit(f"unknown framework {fw!r}; choose from {', '.join(FRAMEWORKS)}")
     jobs = []
     for task in tasks:
         if task not in TASK_NAMES:
@@ -159,8 +163,6 @@ def build_jobs(args) -> list[Job]:
             warmup = args.warmup if args.warmup is not None else warmup
             for seq in seqs:
                 for fw in frameworks:
-                    if fw not in ("bertlib", "hf", "hf-trimmed"):
-                        raise SystemExit(f"unknown framework {fw!r}; choose from bertlib, hf, hf-trimmed")
                     if fw == "hf-trimmed" and task != "predict":
                         continue
                     if task == "predict":
