@@ -36,11 +36,16 @@ def model():
     return BertForQuestionAnswering(BertConfig.tiny(vocab_size=200)).eval()
 
 
+def _as_batch(windows):
+    """int64 tensors [len(windows), S]: input_ids, segment_ids, input_mask, every window padded to S."""
+    return tuple(flow.tensor(np.stack([w[k] for w in windows]).astype(np.int64))
+                 for k in ("input_ids", "segment_ids", "input_mask"))
+
+
 def _padded_logits(model, windows):
-    """Each window alone, padded to S: the logits every real token should get."""
+    """Each window padded to S: the logits every real token should get."""
     with flow.no_grad():
-        out = model(*(flow.tensor(np.stack([w[k] for w in windows]).astype(np.int64))
-                      for k in ("input_ids", "segment_ids", "input_mask")))
+        out = model(*_as_batch(windows))
     return out.start_logits.numpy(), out.end_logits.numpy()
 
 
@@ -105,9 +110,7 @@ def test_prediction_path_matches_the_reference_kernels_and_keeps_attentions_on_r
     fast = BertForQuestionAnswering(BertConfig.tiny(vocab_size=200, kernels="fast")).eval()
     plain = BertForQuestionAnswering(BertConfig.tiny(vocab_size=200, kernels="reference")).eval()
     plain.load_state_dict(fast.state_dict())
-    windows = _windows([40, 23, 9])
-    ids, seg, mask = (flow.tensor(np.stack([w[k] for w in windows]).astype(np.int64))
-                      for k in ("input_ids", "segment_ids", "input_mask"))
+    ids, seg, mask = _as_batch(_windows([40, 23, 9]))
     with flow.no_grad():
         a = fast(ids, seg, mask)
         b = plain(ids, seg, mask)
