@@ -317,15 +317,19 @@ class Trainer:
         return ckpt
 
     def _data_parallel(self, step_module):
-        """(module a step calls, parameters to average by hand after accumulation or None)."""
+        """(module a step calls, parameters whose gradients to average by hand after the backward
+        passes, or None).
+
+        Not OneFlow's DistributedDataParallel: it all-reduces after every micro-batch, and it
+        holds every gradient in buckets of its own for the whole run, so the gradients (BERT-base:
+        440 MB per rank) can never be freed between steps. Averaging once, after the last
+        micro-batch (:func:`average_gradients`), is the same update for 1/acc of the traffic, and
+        the gradients exist only from the backward pass to the optimizer step.
+        """
         flow = self.flow
         if self.world == 1 or self.opt.mode == "graph":   # a graph inserts its own all-reduce
             return step_module, None
-        if self.opt.num_accumulation_steps == 1:
-            # replicas start identical (rank 0's weights are broadcast) and gradients are averaged
-            return flow.nn.parallel.DistributedDataParallel(step_module), None
-        # DDP would all-reduce after every micro-batch; averaging once, after the last one,
-        # is the same update for 1/acc of the traffic (BERT-base: 440 MB, ~0.9 s on 2 CPU ranks)
+        # replicas start identical: every rank takes rank 0's weights
         with flow.no_grad():   # in place on a leaf that requires grad would make it a non-leaf
             for tensor in list(self.model.parameters()) + list(self.model.buffers()):
                 flow.comm.broadcast(tensor, 0)
@@ -399,7 +403,8 @@ class Trainer:
         if self.opt.clip_grad_norm:
             flow.nn.utils.clip_grad_norm_(self.model.parameters(), self.opt.clip_grad_norm)
         self.optimizer.step()
-        self.optimizer.zero_grad()
+        # freed, not zeroed: the next forward pass reuses their memory for its activations
+        self.optimizer.zero_grad(set_to_none=True)
         return total
 
     # ----------------------------------------------------------------------- logging and saving

@@ -63,7 +63,7 @@ def test_two_processes_average_across_ranks(tmp_path):
 
 
 def test_accumulation_across_processes_is_the_same_update(tmp_path):
-    """2 ranks x 2 micro-batches of 2 (one all-reduce per step) = 2 ranks x 1 batch of 4 (DDP)."""
+    """2 ranks x 2 micro-batches of 2 (one all-reduce per step) = 2 ranks x 1 batch of 4."""
     whole, halves = tmp_path / "whole.json", tmp_path / "halves.json"
     proc, _ = run_job(["--iters", "4", "--no_dropout", "--out", str(whole)], 2)
     assert proc.returncode == 0, proc.stderr
