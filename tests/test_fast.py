@@ -7,6 +7,8 @@ built with ``kernels="fast"`` against the same model built with ``kernels="refer
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -99,6 +101,24 @@ def test_linear_matches_builtin(shape):
     w, b = RNG.randn(10, 24).astype(np.float32), RNG.randn(10).astype(np.float32)
     g = RNG.randn(*shape[:-1], 10).astype(np.float32)
     _close(_run(ops.linear, [x, w, b], g), _run(F.linear, [x, w, b], g), atol=1e-5)
+
+
+def test_stacked_linear_matches_three_linears():
+    """Q, K and V in one matmul: the three outputs side by side, and each layer's own gradients."""
+    x = RNG.randn(2, 5, 24).astype(np.float32)
+    ws = [RNG.randn(16, 24).astype(np.float32) for _ in range(3)]
+    bs = [RNG.randn(16).astype(np.float32) for _ in range(3)]
+    g = RNG.randn(2, 5, 48).astype(np.float32)
+
+    def stacked(x, wq, wk, wv, bq, bk, bv):
+        # stand-ins for three nn.Linear holding the test's tensors, so that their grads are seen
+        layers = [SimpleNamespace(weight=w, bias=b) for w, b in ((wq, bq), (wk, bk), (wv, bv))]
+        return numpy_ops.stacked_linear(x, layers)
+
+    def separate(x, wq, wk, wv, bq, bk, bv):
+        return flow.cat([F.linear(x, w, b) for w, b in ((wq, bq), (wk, bk), (wv, bv))], dim=-1)
+
+    _close(_run(stacked, [x, *ws, *bs], g), _run(separate, [x, *ws, *bs], g), atol=1e-5)
 
 
 def test_cross_entropy_matches_builtin():
@@ -222,6 +242,15 @@ def test_dropout_mask_is_bernoulli_and_scaled():
     n = kept.size
     assert abs(kept.mean() - 0.9) < 4 * np.sqrt(0.9 * 0.1 / n)             # 4 sigma of Bernoulli(0.9)
     np.testing.assert_allclose(x.grad.numpy(), kept / 0.9, rtol=1e-6)       # dx = dy * mask
+    # the backward multiplies by the same mask the forward drew: an upstream gradient is dropped
+    # exactly where the output was
+    x2 = flow.tensor(np.full((64, 12, 128), 2.0, np.float32), requires_grad=True)
+    layer.manual_seed(7)
+    y2 = layer(x2)
+    upstream = RNG.randn(64, 12, 128).astype(np.float32)
+    y2.backward(flow.tensor(upstream))
+    np.testing.assert_array_equal(y2.numpy(), out)
+    np.testing.assert_allclose(x2.grad.numpy(), upstream * kept / 0.9, rtol=1e-6)
     # independent across elements: neighbours are dropped together as often as chance says
     both = (~kept[..., 1:] & ~kept[..., :-1]).mean()
     assert abs(both - 0.01) < 0.002
@@ -280,19 +309,22 @@ def test_attention_core_matches_oneflow_ops():
     qkv = RNG.randn(B, S, 3, N, D).astype(np.float32)
     mask = np.zeros((B, 1, 1, S), np.float32)
     mask[1, ..., -3:] = -10000.0                                         # padding in one example
-    keep = ((RNG.rand(B, N, S, S) > 0.1) / 0.9).astype(np.float32)
+    kept = RNG.rand(B, N, S, S) > 0.1                                    # dropout at p = 0.1
+    keep = (kept / 0.9).astype(np.float32)                               # its scaled float mask
     g_ctx = RNG.randn(B, S, N * D).astype(np.float32)
     g_probs = RNG.randn(B, N, S, S).astype(np.float32)
 
     def run(fn):
         x = flow.tensor(qkv, requires_grad=True)
-        context, probs = fn(x, flow.tensor(mask), flow.tensor(keep))
+        context, probs = fn(x, flow.tensor(mask))
         (context * flow.tensor(g_ctx)).sum().add((probs * flow.tensor(g_probs)).sum()).backward()
         return context.numpy(), probs.numpy(), x.grad.numpy()
 
-    ref = run(_attention_reference)
-    # the NumPy core (eager CPU) and the OneFlow-op one (nn.Graph, CUDA); a dropout module is a callable
-    for core in (numpy_ops.self_attention, lambda x, m, k: ops.self_attention(x, m, lambda p: p * k)):
+    ref = run(lambda x, m: _attention_reference(x, m, flow.tensor(keep)))
+    # the NumPy core (eager CPU: a bool mask and the rate) and the OneFlow-op one (nn.Graph, CUDA:
+    # a dropout module, which is a callable)
+    for core in (lambda x, m: numpy_ops.self_attention(x, m, kept, 0.1),
+                 lambda x, m: ops.self_attention(x, m, lambda p: p * flow.tensor(keep))):
         ours = run(core)
         for a, b in zip(ours, ref):
             np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)

@@ -22,17 +22,20 @@ class SelfAttention(layers.DropIn, BertSelfAttention):
             return BertSelfAttention.forward(self, hidden, mask_bias, output_attentions)  # not super(): see .layers
         B, S, H = hidden.shape
         N, D = self.num_heads, self.head_size
-        # the three weights side by side: one [B, S, 3H] matmul instead of three [B, S, H] ones
-        qkv_weight = flow.cat([self.query.weight, self.key.weight, self.value.weight], dim=0)  # [3H, H]
-        qkv_bias = flow.cat([self.query.bias, self.key.bias, self.value.bias], dim=0)          # [3H]
-        qkv = layers.linear(hidden, qkv_weight, qkv_bias)                       # [B, S, 3H]
-        qkv = qkv.reshape(B, S, 3, N, D)                                        # [B, S, 3, N, D]
-        if ops.eager_on_cpu(qkv):
-            keep = self.dropout.mask((B, N, S, S))
+        if ops.eager_on_cpu(hidden):
+            # one [B, S, 3H] matmul instead of three [B, S, H] ones
+            qkv = numpy_ops.stacked_linear(hidden, (self.query, self.key, self.value))  # [B, S, 3H]
+            qkv = qkv.reshape(B, S, 3, N, D)                                    # [B, S, 3, N, D]
+            keep = self.dropout.keep((B, N, S, S))
             if keep is None and not output_attentions and not ops.needs_grad(qkv):
                 return numpy_ops.attention_inference(qkv, mask_bias), None           # prediction
-            context, probs = numpy_ops.self_attention(qkv, mask_bias, keep)
+            context, probs = numpy_ops.self_attention(qkv, mask_bias, keep, self.dropout.p)
         else:
+            # the three weights side by side, for the same single matmul
+            qkv_weight = flow.cat([self.query.weight, self.key.weight, self.value.weight], dim=0)  # [3H, H]
+            qkv_bias = flow.cat([self.query.bias, self.key.bias, self.value.bias], dim=0)          # [3H]
+            qkv = ops.linear(hidden, qkv_weight, qkv_bias)                      # [B, S, 3H]
+            qkv = qkv.reshape(B, S, 3, N, D)                                    # [B, S, 3, N, D]
             context, probs = ops.self_attention(qkv, mask_bias, self.dropout)
         return context, (probs if output_attentions else None)
 

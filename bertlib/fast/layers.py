@@ -128,13 +128,12 @@ class Dropout(DropIn, SeededDropout):
             return graph_dropout(x, self.p, self.generator)
         if not ops.eager_on_cpu(x):
             return nn.Dropout.forward(self, x)
-        # autograd differentiates the product: dx = dy * mask
-        return x * flow.from_numpy(numpy_ops.dropout_mask(self.p, self.generator, self.stream, x.shape))
+        return numpy_ops.dropout(x, self.keep(x.shape), self.p)
 
-    def mask(self, shape):
-        """The scaled mask this layer would multiply a CPU tensor of ``shape`` by: float32, 0 or
-        1 / (1 - p); None when it drops nothing (eval mode, p = 0). The fast attention core takes
-        its dropout as this mask."""
+    def keep(self, shape):
+        """bool array: where this layer keeps the elements of a CPU tensor of ``shape`` (to be
+        scaled by 1 / (1 - p)); None when it drops nothing (eval mode, p = 0). The fast attention
+        core takes its dropout as this mask."""
         if not self.training or self.p == 0.0:
             return None
-        return flow.from_numpy(numpy_ops.dropout_mask(self.p, self.generator, self.stream, shape))
+        return numpy_ops.dropout_keep(self.p, self.generator, self.stream, shape)

@@ -53,13 +53,48 @@ class DropoutStream:
         return self.rng.random(shape, dtype=np.float32)
 
 
-def dropout_mask(p: float, generator, stream: DropoutStream, shape) -> np.ndarray:
-    """float32 array of ``shape``: 1 / (1 - p) with probability 1 - p, else 0 (a scaled Bernoulli mask)."""
-    keep = 1.0 - p
+def dropout_keep(p: float, generator, stream: DropoutStream, shape) -> np.ndarray:
+    """bool array of ``shape``: True (kept) with probability 1 - p. A bool mask is a quarter of a
+    float32 one, and it is what a backward pass keeps until it runs (BERT-base, batch 8: 36 masks)."""
     u = stream.uniform(generator, tuple(shape))
-    kept = np.less(u, np.float32(keep))
-    np.multiply(kept, np.float32(1.0 / keep), out=u)                  # the scaled mask, in place
-    return u
+    return np.less(u, np.float32(1.0 - p))
+
+
+def dropout_scale(p: float) -> np.float32:
+    """1 / (1 - p), the factor inverted dropout scales the kept elements by."""
+    return np.float32(1.0 / (1.0 - p))
+
+
+def dropout_mask(p: float, generator, stream: DropoutStream, shape) -> np.ndarray:
+    """float32 array of ``shape``: 1 / (1 - p) with probability 1 - p, else 0 (a scaled Bernoulli
+    mask; the same draws as :func:`dropout_keep`)."""
+    return np.multiply(dropout_keep(p, generator, stream, shape), dropout_scale(p))
+
+
+class _Dropout(flow.autograd.Function):
+    """y = x * keep * scale for x float32 [...], keep uint8 [...] (0 or 1), scale a float32 0-d
+    tensor; dx = dy * keep * scale. Only the uint8 mask is kept for the backward pass (autograd
+    through ``x * float_mask`` keeps the float32 mask)."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale):
+        y = np.multiply(x.numpy(), keep.numpy())
+        y *= scale.numpy()
+        ctx.save_for_backward(keep, scale)
+        return flow.from_numpy(y)
+
+    @staticmethod
+    def backward(ctx, dy):
+        keep, scale = ctx.saved_tensors
+        dx = np.multiply(dy.contiguous().numpy(), keep.numpy())
+        dx *= scale.numpy()
+        return flow.from_numpy(dx), None, None
+
+
+def dropout(x, keep: np.ndarray, p: float):
+    """x float32 [...] (eager, CPU), keep bool [...] from :func:`dropout_keep` -> x * keep / (1 - p)."""
+    return _Dropout.apply(x.contiguous(), flow.from_numpy(keep.view(np.uint8)),
+                          flow.tensor(dropout_scale(p)))
 
 
 # ---------------------------------------------------------------------------------------- linear
@@ -95,6 +130,47 @@ def linear(x, weight, bias):
     shape = x.shape
     y = _Linear.apply(x.contiguous().reshape(-1, shape[-1]), weight, bias)      # [M, out]
     return y.reshape(*shape[:-1], weight.shape[0])                             # [..., out]
+
+
+class _StackedLinear(flow.autograd.Function):
+    """y = x [Wq; Wk; Wv]^T + [bq; bk; bv] for x float32 [M, in] and three layers' W [out, in],
+    b [out]: one matmul for the three, as if their weights were one [3 out, in] matrix.
+
+    The stacked matrix exists only while a matmul needs it, in the forward and again in the
+    backward; what the backward keeps is x and the layers' own weights. (Stacking them with
+    ``flow.cat`` before a linear would keep the stacked copy from forward to backward: 7 MB per
+    BERT-base layer, 85 MB for the model.) The weight gradients come back as three row blocks of one
+    [3 out, in] product.
+    """
+
+    @staticmethod
+    def forward(ctx, x, wq, wk, wv, bq, bk, bv):
+        weight = np.concatenate([wq.numpy(), wk.numpy(), wv.numpy()])           # [3 out, in]
+        y = np.matmul(x.numpy(), weight.T)                                       # [M, 3 out]
+        y += np.concatenate([bq.numpy(), bk.numpy(), bv.numpy()])
+        ctx.save_for_backward(x, wq, wk, wv)
+        return flow.from_numpy(y)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, wq, wk, wv = ctx.saved_tensors
+        g = dy.contiguous().numpy()                                              # [M, 3 out]
+        weight = np.concatenate([wq.numpy(), wk.numpy(), wv.numpy()])           # [3 out, in]
+        dx = np.matmul(g, weight)                                                # [M, in]
+        dweight = np.split(np.matmul(g.T, x.numpy()), 3)                        # 3 x [out, in]
+        dbias = np.split(g.sum(axis=0), 3)                                       # 3 x [out]
+        return (flow.from_numpy(dx), *(flow.from_numpy(w) for w in dweight),
+                *(flow.from_numpy(b) for b in dbias))
+
+
+def stacked_linear(x, layers):
+    """x float32 [..., in] (eager, CPU); ``layers`` three nn.Linear(in, out) with biases ->
+    their outputs side by side, float32 [..., 3 out] (see :class:`_StackedLinear`)."""
+    shape = x.shape
+    weights = [layer.weight for layer in layers]
+    biases = [layer.bias for layer in layers]
+    y = _StackedLinear.apply(x.contiguous().reshape(-1, shape[-1]), *weights, *biases)  # [M, 3 out]
+    return y.reshape(*shape[:-1], 3 * weights[0].shape[0])                              # [..., 3 out]
 
 
 # ---------------------------------------------------------------------------------- layer norm
@@ -136,20 +212,23 @@ class _AttentionCore(flow.autograd.Function):
     """softmax(Q K^T / sqrt(D) + mask_bias), dropout, times V, for every head, with NumPy's matmul.
 
     Inputs: qkv float32 [B, S, 3, N, D] (the fused projection, contiguous), mask_bias float32
-    [B, 1, 1, S], keep float32 [B, N, S, S] (the scaled dropout mask), or a 0-d tensor for no
-    dropout (eval mode, prediction): then no [B, N, S, S] mask is made or multiplied.
+    [B, 1, 1, S], keep uint8 [B, N, S, S] (1 where dropout keeps a probability) and the dropout
+    scale 1 / (1 - p) as a float32 0-d tensor; or a 0-d ``keep`` for no dropout (eval mode,
+    prediction): then no [B, N, S, S] mask is made or multiplied.
     Outputs: context float32 [B, S, N * D] and the probabilities float32 [B, N, S, S] (pre-dropout).
 
     NumPy's matmul reads Q, K, V in place as strided views of qkv (each [S, D] head is a BLAS
     matrix with leading dimension 3 N D), writes the context straight into [B, S, N, D] order and
     the gradients straight into their slots of d qkv. The softmax stays OneFlow's (vectorised exp).
-    Backward, with P the probabilities, P' = P * keep and G = d context:
-        dV = P'^T G,  dP = (G V^T) * keep + d probs,  dS = P * (dP - rowsum(dP * P)),
+    Backward, with P the probabilities, M = keep * scale, P' = P * M and G = d context:
+        dV = P'^T G,  dP = (G V^T) * M + d probs,  dS = P * (dP - rowsum(dP * P)),
         dQ = dS K / sqrt(D),  dK = dS^T Q / sqrt(D).
+    The backward keeps P and the uint8 mask, and forms P' again when it needs it: keeping P' and a
+    float32 mask as well would hold three [B, N, S, S] float32 tensors per layer instead of 1.25.
     """
 
     @staticmethod
-    def forward(ctx, qkv, mask_bias, keep):
+    def forward(ctx, qkv, mask_bias, keep, keep_scale):
         a = qkv.numpy()                                                          # [B, S, 3, N, D]
         B, S, _, N, D = a.shape
         scale = np.float32(1.0 / math.sqrt(D))
@@ -158,26 +237,27 @@ class _AttentionCore(flow.autograd.Function):
         scores = np.matmul(q, k.transpose(0, 1, 3, 2))                          # [B, N, S, S]
         scores += mask_bias.numpy()                                             # [B, 1, 1, S] rows
         probs = flow.softmax(flow.from_numpy(scores), dim=-1)                   # [B, N, S, S]
-        dropped = probs.numpy() if keep.ndim == 0 else np.multiply(probs.numpy(), keep.numpy())
+        del scores
         context = np.empty((B, S, N, D), np.float32)
-        np.matmul(dropped, v, out=context.transpose(0, 2, 1, 3))                # heads merged in place
-        ctx.save_for_backward(qkv, probs, keep, flow.from_numpy(dropped))
+        np.matmul(_dropped(probs, keep, keep_scale), v, out=context.transpose(0, 2, 1, 3))  # heads merged
+        ctx.save_for_backward(qkv, probs, keep, keep_scale)
         return flow.from_numpy(context.reshape(B, S, N * D)), probs
 
     @staticmethod
     def backward(ctx, d_context, d_probs):
-        qkv, probs, keep, dropped = ctx.saved_tensors
-        a, p, dropped = qkv.numpy(), probs.numpy(), dropped.numpy()
+        qkv, probs, keep, keep_scale = ctx.saved_tensors
+        a, p = qkv.numpy(), probs.numpy()
         B, S, _, N, D = a.shape
         scale = np.float32(1.0 / math.sqrt(D))
         k, v = a[:, :, 1].transpose(0, 2, 1, 3), a[:, :, 2].transpose(0, 2, 1, 3)
         g = d_context.contiguous().numpy().reshape(B, S, N, D).transpose(0, 2, 1, 3)  # [B, N, S, D]
         grad = np.empty_like(a)                                                  # [B, S, 3, N, D]
         gq, gk, gv = (grad[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-        np.matmul(dropped.transpose(0, 1, 3, 2), g, out=gv)                     # dV
+        np.matmul(_dropped(probs, keep, keep_scale).transpose(0, 1, 3, 2), g, out=gv)   # dV
         dp = np.matmul(g, v.transpose(0, 1, 3, 2))                              # [B, N, S, S]
         if keep.ndim > 0:
             dp *= keep.numpy()
+            dp *= keep_scale.numpy()
         if d_probs is not None:
             dp += d_probs.contiguous().numpy()
         dp -= np.multiply(dp, p).sum(axis=-1, keepdims=True)
@@ -186,7 +266,16 @@ class _AttentionCore(flow.autograd.Function):
         gq *= scale                                                              # dQ
         q = np.multiply(a[:, :, 0], scale).transpose(0, 2, 1, 3)
         np.matmul(dp.transpose(0, 1, 3, 2), q, out=gk)                         # dK
-        return flow.from_numpy(grad), None, None
+        return flow.from_numpy(grad), None, None, None
+
+
+def _dropped(probs, keep, keep_scale) -> np.ndarray:
+    """P' = P * keep * scale, float32 [B, N, S, S] (P itself when there is no dropout)."""
+    if keep.ndim == 0:
+        return probs.numpy()
+    out = np.multiply(probs.numpy(), keep.numpy())
+    out *= keep_scale.numpy()
+    return out
 
 
 def attention_inference(qkv, mask_bias):
@@ -214,10 +303,12 @@ def attention_inference(qkv, mask_bias):
     return flow.from_numpy(context.reshape(B, S, N * D))
 
 
-def self_attention(qkv, mask_bias, keep=None):
-    """qkv float32 [B, S, 3, N, D], mask_bias [B, 1, 1, S], keep [B, N, S, S] (scaled dropout mask)
-    or None (no dropout) -> context float32 [B, S, N * D], probabilities [B, N, S, S]; see
-    _AttentionCore."""
-    if keep is None:
-        keep = flow.ones(())   # 0-d: "no dropout" (autograd.Function inputs must be tensors)
-    return _AttentionCore.apply(qkv.contiguous(), mask_bias.contiguous(), keep)
+def self_attention(qkv, mask_bias, keep=None, p: float = 0.0):
+    """qkv float32 [B, S, 3, N, D], mask_bias [B, 1, 1, S], keep bool [B, N, S, S] (where dropout
+    of rate ``p`` keeps a probability, from :func:`dropout_keep`) or None (no dropout) -> context
+    float32 [B, S, N * D], probabilities [B, N, S, S]; see _AttentionCore."""
+    if keep is None:   # 0-d: "no dropout" (autograd.Function inputs must be tensors)
+        keep, keep_scale = flow.ones(()), flow.ones(())
+    else:
+        keep, keep_scale = flow.from_numpy(keep.view(np.uint8)), flow.tensor(dropout_scale(p))
+    return _AttentionCore.apply(qkv.contiguous(), mask_bias.contiguous(), keep, keep_scale)
