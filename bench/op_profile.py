@@ -203,10 +203,11 @@ def profile_layer(flow, cfg, args, rate):
     full = timed(lambda t: layer(t, mask)[0], (B, S, H))
     pieces = {
         "Q, K, V, output, FFN matmuls (+ bias)": sum(
-            timed(lambda a, w, b: ops.linear(a, w, b), (B * S, i), (o, i), (o,))
+            timed(lambda a, w, b: fast.layers.linear(a, w, b), (B * S, i), (o, i), (o,))
             for i, o in ((H, 3 * H), (H, H), (H, I), (I, H))),
         "attention core: Q K^T, mask, softmax, dropout, P V (mask drawn inside)": timed(
-            lambda t: numpy_ops.self_attention(t, mask, attn_dropout.mask((B, N, S, S)))[0], (B, S, 3, N, D)),
+            lambda t: numpy_ops.self_attention(t, mask, attn_dropout.keep((B, N, S, S)), attn_dropout.p)[0],
+            (B, S, 3, N, D)),
         "GELU": timed(ops.gelu, (B, S, I)),
         "LayerNorm (x2)": 2 * timed(lambda t, w, b: ops.layer_norm(t, w, b, 1e-12), (B, S, H), (H,), (H,)),
         "dropout + residual add (x2)": 2 * timed(lambda a, b: b + hidden_dropout(a), (B, S, H), (B, S, H)),
@@ -250,7 +251,7 @@ def profile_ops(flow, cfg, args):
         "softmax": ops.softmax,
         "cross_entropy": ops.cross_entropy,
         "dropout": dropout,
-        "attention core": lambda t: numpy_ops.self_attention(t, mask, dropout.mask((B, N, S, S)))[0],
+        "attention core": lambda t: numpy_ops.self_attention(t, mask, dropout.keep((B, N, S, S)), dropout.p)[0],
     }
     labels = flow.randint(0, V, (B * P,))
     shapes = {

@@ -15,7 +15,8 @@ example), the same global batch, AdamW (weight decay 0.01 on matrices, eps 1e-6)
 * the cost as work grows: BERT-base samples/s at sequence lengths 128, 256, 384 and 512 (masked
   positions scaled with the length: 20, 40, 60, 80), bertlib against (a), at a smaller global
   batch (``--sweep-global-batch``, default 16) so that the longest sequences finish in minutes;
-* peak RSS per process of BERT-base at batch 8, both frameworks (one step each).
+* peak RSS per process of BERT-base at batch 8, both frameworks: after one step, and over three
+  (from the second step on, the optimizer's moments exist beside a step's activations).
 
 Prints samples/s, tokens/s, model FLOP utilisation (model FLOPs per second over the measured sgemm
 limit of the same cores: the largest of OneFlow and NumPy one process per core at once, and
@@ -74,6 +75,7 @@ BEST = {
 }
 HF_MICRO = {"tiny": 64, "base": 32}   # PyTorch's micro-batch (its whole batch fits for tiny; 32 for base)
 RSS_BATCH = 8                          # peak RSS is also reported for BERT-base at this batch size
+RSS_STEPS = (1, 3)                     # ... after one step, and over three: a run's steady state
 # The sequence-length sweep: tokens per micro-batch are capped (bertlib per process, PyTorch per
 # pass) so that seq 512 fits in memory next to the other process; the rest is accumulated.
 SWEEP_TOKENS = {"bertlib": 2048, "hf": 4096}
@@ -431,16 +433,18 @@ def main(argv=None):
     memory = []
     if ("base" in configs and not args.no_memory) or args.memory_only:
         mode, procs, _ = BEST["base"]
-        if "bertlib" in frameworks:
-            print(f"[base] bertlib {mode}, {procs} processes at batch {RSS_BATCH}, one step, for its peak RSS ...",
-                  flush=True)
-            r = run_bertlib("base", Run(f"{mode}, {procs} processes", mode=mode, procs=procs, micro=RSS_BATCH),
-                            RSS_BATCH * procs, 1, 0, args.timeout, args.seq_len)
-            memory.append(r)
-        for v in variants:
-            print(f"[base] HF {v} at batch {RSS_BATCH}, one step, for its peak RSS ...", flush=True)
-            memory.append(run_hf(args.ref_python, "base", v, RSS_BATCH, RSS_BATCH, cores, 1, 0, args.timeout,
-                                 args.seq_len))
+        for steps in RSS_STEPS:
+            if "bertlib" in frameworks:
+                print(f"[base] bertlib {mode}, {procs} processes at batch {RSS_BATCH}, {steps} step(s), "
+                      "for its peak RSS ...", flush=True)
+                r = run_bertlib("base", Run(f"{mode}, {procs} processes", mode=mode, procs=procs, micro=RSS_BATCH),
+                                RSS_BATCH * procs, steps, 0, args.timeout, args.seq_len)
+                memory.append(dict(r, rss_steps=steps))
+            for v in variants:
+                print(f"[base] HF {v} at batch {RSS_BATCH}, {steps} step(s), for its peak RSS ...", flush=True)
+                r = run_hf(args.ref_python, "base", v, RSS_BATCH, RSS_BATCH, cores, steps, 0, args.timeout,
+                           args.seq_len)
+                memory.append(dict(r, rss_steps=steps))
     peak = max(sgemm.values()) if sgemm else None
     summarise(results, peak)
     best_key = {}
@@ -459,7 +463,7 @@ def main(argv=None):
            "with the spread of all rounds. MFU counts the model FLOPs of the same work for every row "
            "(6 x weights x tokens, MLM head at the masked positions, + attention). "
            "CPU s / step / proc below wall-clock s / step x threads means the cores were shared.", ""]
-    for config in configs:
+    for config in ([] if args.memory_only else configs):
         cfg = _common.CONFIGS[config]
         gb = args.global_batch or DEFAULTS[config]["global_batch"]
         out.append(f"### {config}: {cfg['num_hidden_layers']} layers / {cfg['hidden_size']} hidden / "
@@ -468,7 +472,7 @@ def main(argv=None):
         out.append("")
         out.extend(table(results, config, best_key))
         out.append("")
-    if sweep:
+    if sweep and not args.memory_only:
         cfg = _common.CONFIGS[args.sweep_config]
         out += [f"### cost as work grows: {args.sweep_config} ({cfg['num_hidden_layers']} layers / "
                 f"{cfg['hidden_size']} hidden), samples/s against sequence length, global batch "
@@ -476,13 +480,16 @@ def main(argv=None):
         out.extend(sweep_table(results, args.sweep_config))
         out.append("")
     if memory:
-        out += [f"### peak RSS per process, BERT-base, seq {args.seq_len}, batch {RSS_BATCH} per process "
-                "(after one optimizer step)", "",
-                "| run | peak RSS / process (MiB) |", "|---|---:|"]
-        for r in memory:
-            cell = (" / ".join(f"{m:.0f}" for m in r["peak_rss_mb"]) if "error" not in r
-                    else f"failed: {_driver.failure_line(r)}")
-            out.append(f"| {_label(r)} | {cell} |")
+        out += [f"### peak RSS per process, BERT-base, seq {args.seq_len}, batch {RSS_BATCH} per process", "",
+                "| run | " + " | ".join(f"peak RSS / process (MiB), {n} step(s)" for n in RSS_STEPS) + " |",
+                "|---|" + "---:|" * len(RSS_STEPS)]
+        for label in dict.fromkeys(_label(r) for r in memory):
+            cells = []
+            for n in RSS_STEPS:
+                r = next(r for r in memory if _label(r) == label and r["rss_steps"] == n)
+                cells.append(" / ".join(f"{m:.0f}" for m in r["peak_rss_mb"]) if "error" not in r
+                             else f"failed: {_driver.failure_line(r)}")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
         out += ["", "Reproduce: `python bench/pretrain_throughput.py --memory-only"
                 + (f" --seq-len {args.seq_len}" if args.seq_len != _common.SEQ_LEN else "") + "`", ""]
     text = "\n".join(out)
