@@ -65,7 +65,8 @@ def test_gelu_matches_builtin_over_a_wide_range():
     _close(_run(ops.gelu, [x], g), _run(F.gelu, [x], g), atol=1e-6)
 
 
-def test_gelu_against_float64_erf():
+@pytest.mark.parametrize("gelu", [ops.gelu, numpy_ops.gelu], ids=["oneflow_ops", "numpy_ops"])
+def test_gelu_against_float64_erf(gelu):
     import math
 
     x = np.linspace(-9, 9, 3601).astype(np.float32).reshape(13, 277)
@@ -73,12 +74,23 @@ def test_gelu_against_float64_erf():
     x64 = x.astype(np.float64)
     cdf = 0.5 * np.vectorize(math.erfc)(-x64 / math.sqrt(2.0))
     pdf = np.exp(-x64 ** 2 / 2) / math.sqrt(2 * math.pi)
-    y, (dx,) = _run(ops.gelu, [x], g)
+    y, (dx,) = _run(gelu, [x], g)
     assert np.abs(y - x64 * cdf).max() <= 1e-6
     assert np.abs(dx - g * (cdf + x64 * pdf)).max() <= 2e-6
     # the negative tail, where 1 + erf cancels in the textbook formula, keeps its relative accuracy
     tail = (x64 < -3) & (x64 > -8)
     assert (np.abs(y - x64 * cdf)[tail] / np.abs(x64 * cdf)[tail]).max() <= 1e-5
+
+
+def test_numpy_gelu_matches_builtin_across_pieces():
+    """Rows longer than one piece, a row count that does not divide into pieces, a 3-D input;
+    and the forward-only form gives the same values."""
+    x = (RNG.randn(3, 700, 160) * 3).astype(np.float32)
+    g = RNG.randn(*x.shape).astype(np.float32)
+    ours = _run(numpy_ops.gelu, [x], g)
+    _close(ours, _run(F.gelu, [x], g), atol=1e-6)
+    with flow.no_grad():
+        np.testing.assert_array_equal(numpy_ops.gelu_inference(flow.tensor(x)).numpy(), ours[0])
 
 
 def test_softmax_matches_builtin():
