@@ -8,7 +8,8 @@ drop-in subclasses here: same parameters and names, another ``forward``.
 
 * :mod:`.oneflow_ops`: ``autograd.Function``s built from OneFlow ops (linear, layer_norm, gelu,
   log_softmax, cross_entropy, the attention core for nn.Graph / CUDA). They run anywhere.
-* :mod:`.numpy_ops`: NumPy on the memory of eager CPU tensors (dropout masks, the attention core).
+* :mod:`.numpy_ops`: NumPy on the memory of eager CPU tensors (Linear layers, GELU, dropout masks,
+  the attention core, LayerNorm at prediction).
 * :mod:`.layers`: the drop-ins for OneFlow's modules; :mod:`.bert`: for bertlib.model's attention
   and masked-LM head, and the swap itself.
 

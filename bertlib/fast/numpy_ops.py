@@ -1,4 +1,5 @@
-"""NumPy working directly on the memory of eager CPU tensors: dropout masks and the attention core.
+"""NumPy working directly on the memory of eager CPU tensors: Linear layers, GELU, dropout masks,
+the attention core, LayerNorm at prediction.
 
 ``tensor.numpy()`` of a local CPU tensor and ``flow.from_numpy(array)`` share memory, so NumPy can
 compute on OneFlow tensors without copies. That only holds eagerly and on the CPU: inside
@@ -12,7 +13,13 @@ Why NumPy here:
 * OneFlow's batched matmul needs contiguous [B, N, S, D] operands, so splitting the heads costs
   permute copies in both passes, and it runs these small per-head products well below its large
   matmul speed. NumPy's matmul reads the heads in place as strided views and writes results and
-  gradients straight into their final layout (:class:`_AttentionCore`).
+  gradients straight into their final layout (:class:`_AttentionCore`);
+* NumPy's OpenBLAS knows newer CPUs than OneFlow's (:class:`_Linear`), and its float32 ``exp`` is
+  a SIMD kernel where OneFlow's is a scalar loop (:func:`_gelu_pieces`).
+
+The price: ``tensor.numpy()`` waits until OneFlow has run everything queued before it. Alone on a
+core that costs ~0.07 ms; with one process per core, all cores busy, ~2 ms (the VM's thread must
+be scheduled). So an op earns a NumPy form only when it saves more than that, per call.
 
 Shape legend: B batch, S sequence length, N heads, D head size.
 """
@@ -237,11 +244,13 @@ class _Gelu(flow.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        a = x.numpy()
-        y, slope = np.empty_like(a), np.empty_like(a)
-        _gelu_pieces(a, y, slope)
-        ctx.save_for_backward(flow.from_numpy(slope))
-        return flow.from_numpy(y)
+        # the outputs are OneFlow's memory that NumPy writes into (not NumPy's memory handed to
+        # OneFlow): a step then reuses OneFlow's freed blocks, and peak RSS stays lower
+        y = flow.empty(*x.shape, dtype=x.dtype, device=x.device)
+        slope = flow.empty(*x.shape, dtype=x.dtype, device=x.device)
+        _gelu_pieces(x.numpy(), y.numpy(), slope.numpy())
+        ctx.save_for_backward(slope)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
